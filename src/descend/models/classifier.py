@@ -1,0 +1,100 @@
+"""LightningModule for multi-class classification."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class ClassificationModule(pl.LightningModule):
+    """Train ``net`` with ``loss`` and log loss and accuracy on every split.
+
+    Logged keys: ``train/loss`` every step, ``train/acc`` per epoch, and ``val/loss``,
+    ``val/acc``, ``test/loss``, ``test/acc`` per evaluation. Accuracy is torchmetrics'
+    micro-averaged ``MulticlassAccuracy``; under DDP it is reduced over all ranks. Values stay on
+    the device between logging steps, so the training step itself causes no host sync.
+
+    Args:
+        net: network that maps a batch of inputs to ``num_classes`` logits.
+        loss: criterion applied to ``(logits, targets)``, e.g. ``nn.CrossEntropyLoss()``.
+        optimizer: callable that takes the parameters and returns an optimizer (a Hydra partial,
+            e.g. ``torch.optim.SGD`` with ``lr`` bound).
+        num_classes: number of classes, for the accuracy metrics.
+        scheduler: optional callable that takes the optimizer and returns a scheduler, stepped
+            once per ``scheduler_interval``.
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        num_classes: int,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+    ) -> None:
+        super().__init__()
+        lr = getattr(optimizer, "keywords", {}).get("lr")
+        if lr is not None and not lr > 0:
+            raise ValueError(
+                f"model.optimizer.lr={lr} is invalid: the learning rate must be a positive number"
+            )
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(
+                f"model.scheduler_interval={scheduler_interval!r} is invalid: use 'epoch' or 'step'"
+            )
+
+        self.net = net
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(inputs)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
+        inputs, targets = batch
+        logits = self(inputs)
+        return self.loss(logits, targets), logits, targets
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        loss, logits, targets = self._shared_step(batch)
+        self.train_acc(logits, targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        loss, logits, targets = self._shared_step(batch)
+        self.val_acc(logits, targets)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        loss, logits, targets = self._shared_step(batch)
+        self.test_acc(logits, targets)
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True)
+        self.log("test/acc", self.test_acc, on_epoch=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
