@@ -78,7 +78,7 @@ def run_command(
 ) -> subprocess.CompletedProcess:
     """Run a console script of this venv (e.g. ``descend-train``) and capture its output.
 
-    W&B runs offline unless ``env`` says otherwise; a ``None`` value in ``env`` unsets that
+    W&B runs offline unless ``env`` sets WANDB_MODE; a ``None`` value in ``env`` unsets that
     variable.
     """
     full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -87,7 +87,7 @@ def test_ddp_sim_one_directory_one_wandb_run(tmp_path):
     assert len(run_dirs) == 1
     assert len(find_run_files(run_dirs[0])) == 1
 
-    # Each of the 2 ranks holds ceil(1437 / 2) = 719 samples: ceil(719 / 64) = 12 steps an epoch.
+    # Each of the 2 ranks gets ceil(1437 / 2) = 719 samples: ceil(719 / 64) = 12 steps an epoch.
     steps_per_epoch = math.ceil(math.ceil(1437 / 2) / 64)
     results = json.loads((run_dirs[0] / "results.json").read_text())
     assert results["global_step"] == 2 * steps_per_epoch

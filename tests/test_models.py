@@ -31,7 +31,7 @@ def test_mlp_without_hidden_layers_is_logistic_regression():
 def test_cnn_shapes_on_digits():
     net = CNN(input_shape=[1, 8, 8], num_classes=10, channels=[16, 32], hidden_size=64)
     assert net(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
-    # Two blocks halve 8x8 twice: the head sees 32 channels of 2x2.
+    # Two blocks halve 8x8 twice: the head gets 32 channels of 2x2.
     head = [m for m in net.modules() if isinstance(m, nn.Linear)][0]
     assert head.in_features == 32 * 2 * 2
 

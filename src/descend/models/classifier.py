@@ -80,7 +80,7 @@ class ClassificationModule(pl.LightningModule):
         return loss
 
     def _logs_this_step(self) -> bool:
-        """Whether the trainer writes this step's metrics to its loggers.
+        """Return whether the trainer writes this step's metrics to its loggers.
 
         ``self.log`` costs more than the whole step of a small model on a CPU, so ``train/loss``
         is logged only on the steps Lightning writes (every ``log_every_n_steps`` optimizer
