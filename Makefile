@@ -55,3 +55,11 @@ sync: $(STAMP) ## Upload offline W&B runs under logs/ (needs `wandb login` first
 clean: ## Delete logs/, caches and build files (keeps .venv)
 	rm -rf logs .pytest_cache .ruff_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+# Experiments: summaries of finished multiruns, and the notebooks.
+SWEEP ?=
+.PHONY: report notebooks
+
+report: $(STAMP) ## Figures and table of a finished multirun: make report SWEEP=logs/train/multiruns/<dir>
+	@test -n "$(SWEEP)" || { echo "SWEEP is missing: make report SWEEP=logs/train/multiruns/<dir> (from descend-train -m experiment=<name>)"; exit 2; }
+	$(BIN)/python -m descend.report $(SWEEP)

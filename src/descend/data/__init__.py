@@ -3,6 +3,7 @@
 from descend.data.digits import DigitsDataModule
 from descend.data.in_memory import InMemoryDataModule
 from descend.data.mnist import MissingDataError, MNISTDataModule
+from descend.data.synthetic import TanhRegressionDataModule
 from descend.data.tensor_batches import TensorBatchLoader
 
 __all__ = [
@@ -10,5 +11,6 @@ __all__ = [
     "InMemoryDataModule",
     "MNISTDataModule",
     "MissingDataError",
+    "TanhRegressionDataModule",
     "TensorBatchLoader",
 ]

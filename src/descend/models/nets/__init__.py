@@ -2,5 +2,6 @@
 
 from descend.models.nets.cnn import CNN
 from descend.models.nets.mlp import MLP
+from descend.models.nets.tanh_unit import TanhUnit
 
-__all__ = ["CNN", "MLP"]
+__all__ = ["CNN", "MLP", "TanhUnit"]
