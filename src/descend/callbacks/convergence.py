@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Mapping
 from enum import Enum
+from types import MappingProxyType
 from typing import Any
 
 import lightning.pytorch as pl
@@ -36,6 +37,9 @@ class Action(Enum):
     REDUCE_LR = "reduce_lr"
 
 
+# Default of each detector argument: the detector on, with its own defaults.
+DEFAULT_SETTINGS: Mapping[str, Any] = MappingProxyType({})
+
 DETECTOR_CLASSES = {
     "stationary_point": StationaryPointDetector,
     "plateau": PlateauDetector,
@@ -54,7 +58,8 @@ class ConvergenceDetection(Callback):
     """Detect a stationary point, a loss plateau, the stationary phase of SGD, or divergence.
 
     Each detector argument is a mapping of that detector's arguments plus an optional
-    ``action`` (``"log"``, ``"stop"`` or ``"reduce_lr"``), or ``None`` to switch it off:
+    ``action`` (``"log"``, ``"stop"`` or ``"reduce_lr"``), or ``None`` to switch it off. By
+    default every detector is on with its own defaults:
 
     - ``stationary_point``: :class:`~descend.convergence.StationaryPointDetector`
       (``grad_tol``, ``relative``); default action ``stop``.
@@ -104,10 +109,10 @@ class ConvergenceDetection(Callback):
 
     def __init__(
         self,
-        stationary_point: Mapping[str, Any] | None = None,
-        plateau: Mapping[str, Any] | None = None,
-        stationary_phase: Mapping[str, Any] | None = None,
-        divergence: Mapping[str, Any] | None = None,
+        stationary_point: Mapping[str, Any] | None = DEFAULT_SETTINGS,
+        plateau: Mapping[str, Any] | None = DEFAULT_SETTINGS,
+        stationary_phase: Mapping[str, Any] | None = DEFAULT_SETTINGS,
+        divergence: Mapping[str, Any] | None = DEFAULT_SETTINGS,
         lr_factor: float = 0.5,
         check_every_n_steps: int = 10,
         testing_nan_step: int | None = None,

@@ -181,55 +181,72 @@ class PflugDetector:
 
     For SGD ``w_{k+1} = w_k - lr * g_k`` with a constant ``lr``, successive stochastic gradients
     point the same way while the iterate still moves downhill (``<g_k, g_{k-1}> > 0`` on
-    average), and the opposite way once it bounces around the minimum in its stationary
-    distribution: near a minimum with Hessian ``H`` and gradient-noise covariance ``S``,
-    ``E<g_k, g_{k-1}> ~ -lr * tr(H S) / 2 < 0``. Pflug (1990) turned this into a test and Chee &
-    Toulis (2018, "Convergence diagnostics for stochastic gradient descent with constant learning
-    rate") analysed it: accumulate ``S_n = sum_{k=1..n} <g_k, g_{k-1}>`` and declare the
-    stationary phase when ``S_n`` turns negative.
+    average), and against each other once it bounces around the minimum in its stationary
+    distribution. For a quadratic with Hessian ``H`` and gradient-noise covariance ``S``,
+    ``E<g_k, g_{k-1}> -> -lr * tr(H S) / 2 + O(lr^2) < 0``. Pflug (1990) turned this into a test
+    and Chee & Toulis (2018, "Convergence diagnostics for stochastic gradient descent with
+    constant learning rate") analysed it: accumulate ``S_n = sum_k <g_k, g_{k-1}>`` and declare
+    the stationary phase when ``S_n`` turns negative.
 
-    This implementation adds a one-sided level: with ``s_n`` the sample standard deviation of
-    the increments since the last reset, it fires once ``n >= burnin`` and
+    Summed from the start, ``S_n`` carries the large positive inner products of the transient
+    and turns negative long after the onset. So by default the sum runs over the last
+    ``window`` inner products only, and the sign rule becomes a one-sided z-test of their mean:
+    with ``s`` their sample standard deviation it fires when
 
-        S_n < -z * s_n * sqrt(n),   z = one_sided_z(level),
+        sum_{k=n-window+1..n} <g_k, g_{k-1}>  <  -z * s * sqrt(window),   z = one_sided_z(level).
 
-    i.e. when the mean inner product is significantly negative. ``level=0.5`` (``z = 0``) is the
-    plain sign rule. The statistic is the standardised sum ``S_n / (s_n sqrt(n))``.
+    ``window=None`` sums everything since the last reset (the classical rule with ``level=0.5``,
+    ``z = 0``: fire when ``S_n < 0``). No verdict comes before ``burnin`` inner products since
+    the last reset. The statistic is the standardised sum ``S / (s * sqrt(count))``.
 
     What "converged" means here: the distribution of the iterate has stopped drifting. The
     iterate keeps fluctuating at a distance of order ``sqrt(lr)`` from the minimiser, so further
-    progress needs a smaller learning rate (the ``reduce_lr`` action).
+    progress needs a smaller learning rate (the ``reduce_lr`` action). A verdict is a
+    statistical decision: each test errs with probability about ``level`` when the mean inner
+    product is zero, and less while it is still positive.
 
     Assumptions: a constant learning rate (a schedule that decays it makes later inner products
     less negative and the test slow), plain SGD (momentum correlates successive steps and
-    shifts the sign), and gradient noise that is independent between steps. NOTE: the
-    increments themselves are correlated (each ``g_k`` appears in two of them), so ``s_n *
-    sqrt(n)`` only approximates the standard deviation of ``S_n``. Full-batch gradient descent
-    with ``lr > 1/L`` oscillates along stiff directions and also yields negative inner
-    products; this detector is meant for mini-batch SGD.
+    shifts the sign), and gradient noise that is independent between steps, so that the inner
+    products are nearly uncorrelated. NOTE: the test is repeated at every step on overlapping
+    windows, so the chance of at least one false verdict over a long transient exceeds
+    ``level``. Full-batch gradient descent with ``lr > 1/L`` oscillates along stiff directions
+    and also yields negative inner products; this detector is meant for mini-batch SGD.
 
     Args:
-        burnin: inner products accumulated after a reset before a verdict is allowed.
-        level: one-sided significance level of the test.
+        window: number of recent inner products in the test, or ``None`` for all since the
+            last reset.
+        level: one-sided significance level of the test, in (0, 1).
+        burnin: inner products needed after a reset before a verdict; defaults to ``window``
+            (100 when ``window`` is ``None``).
     """
 
     reason = ConvergenceReason.STATIONARY_PHASE
 
-    def __init__(self, burnin: int = 100, level: float = 0.05) -> None:
+    def __init__(
+        self, window: int | None = 100, level: float = 0.05, burnin: int | None = None
+    ) -> None:
+        if window is not None and (int(window) != window or window < 2):
+            raise ValueError(
+                f"window={window} is invalid: it must be an integer of at least 2 steps (or null)"
+            )
+        if burnin is None:
+            burnin = window if window is not None else 100
         if int(burnin) != burnin or burnin < 2:
             raise ValueError(
                 f"burnin={burnin} is invalid: it must be an integer of at least 2 steps"
             )
+        self.window = None if window is None else int(window)
         self.burnin = int(burnin)
         self.level = float(level)
         self.z = one_sided_z(level)
         self.reset()
 
     def reset(self) -> None:
+        self.inner_products: deque[float] = deque(maxlen=self.window)
         self.count = 0
         self.running_sum = 0.0
-        self._mean = 0.0
-        self._m2 = 0.0
+        self._sum_squares = 0.0
         self.statistic = math.nan
         self.fired = False
 
@@ -237,44 +254,50 @@ class PflugDetector:
         if not math.isfinite(inner_product):
             return None
 
-        # Welford's update of the mean and the sum of squared deviations of the increments.
         self.count += 1
-        self.running_sum += inner_product
-        delta = inner_product - self._mean
-        self._mean += delta / self.count
-        self._m2 += delta * (inner_product - self._mean)
-        if self.count < 2:
+        if self.window is None:
+            self.running_sum += inner_product
+            self._sum_squares += inner_product * inner_product
+            terms = self.count
+        else:
+            self.inner_products.append(inner_product)
+            self.running_sum = math.fsum(self.inner_products)
+            self._sum_squares = math.fsum(v * v for v in self.inner_products)
+            terms = len(self.inner_products)
+        if terms < 2:
             return None
 
-        spread = math.sqrt(self._m2 / (self.count - 1) * self.count)
-        self.statistic = (
-            self.running_sum / spread if spread > 0 else math.copysign(math.inf, self.running_sum)
-        )
+        variance = max(self._sum_squares - self.running_sum**2 / terms, 0.0) / (terms - 1)
+        spread = math.sqrt(variance * terms)
+        if spread > 0:
+            self.statistic = self.running_sum / spread
+        else:
+            self.statistic = math.copysign(math.inf, self.running_sum)
         if self.fired or self.count < self.burnin or not self.statistic < -self.z:
             return None
 
         self.fired = True
         description = (
-            f"sum of {self.count} inner products of successive gradients {self.running_sum:.2e} "
-            f"is negative (standardised {self.statistic:.2f} < {-self.z:.2f})"
+            f"sum of the last {terms} inner products of successive gradients "
+            f"{self.running_sum:.2e} < 0 (standardised {self.statistic:.2f} < {-self.z:.2f})"
         )
         return Detection(self.reason, step, self.statistic, description)
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "inner_products": list(self.inner_products),
             "count": self.count,
             "running_sum": self.running_sum,
-            "mean": self._mean,
-            "m2": self._m2,
+            "sum_squares": self._sum_squares,
             "statistic": self.statistic,
             "fired": self.fired,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner_products = deque((float(v) for v in state["inner_products"]), maxlen=self.window)
         self.count = int(state["count"])
         self.running_sum = float(state["running_sum"])
-        self._mean = float(state["mean"])
-        self._m2 = float(state["m2"])
+        self._sum_squares = float(state["sum_squares"])
         self.statistic = float(state["statistic"])
         self.fired = bool(state["fired"])
 
