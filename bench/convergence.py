@@ -10,7 +10,8 @@ Over ``--seeds`` independent runs (vectorised with torch), it compares the false
 (a verdict before the onset) and the median detection delay (verdict step - onset, over runs
 without a false alarm) of
 
-- ``PflugDetector`` (windowed, default settings) and the classical sum-since-start sign rule;
+- ``PflugDetector`` with its default window (100) and with window 50, and the classical
+  sum-since-start sign rule;
 - Lightning's ``EarlyStopping`` on the training loss averaged over "epochs" of ``--epoch-steps``
   steps, with its usual settings (patience 3, min_delta 0) and with the smallest patience whose
   false-alarm rate does not exceed the Pflug detector's (tuned to the same false-alarm rate).
@@ -97,6 +98,9 @@ def early_stopping_verdicts(trace: SGDTrace, epoch_steps: int, patience: int) ->
 
 def compare(trace: SGDTrace, onset: int, epoch_steps: int, max_patience: int) -> list[Outcome]:
     pflug = summarise("PflugDetector (window 100, level 0.05)", pflug_verdicts(trace), onset)
+    short_window = summarise(
+        "PflugDetector (window 50, level 0.05)", pflug_verdicts(trace, window=50), onset
+    )
     classical = summarise(
         "Pflug sum since start, S_n < 0", pflug_verdicts(trace, window=None, level=0.5), onset
     )
@@ -113,7 +117,7 @@ def compare(trace: SGDTrace, onset: int, epoch_steps: int, max_patience: int) ->
         if candidate.false_alarm_rate <= pflug.false_alarm_rate:
             tuned = candidate
             break
-    outcomes = [pflug, classical, usual]
+    outcomes = [pflug, short_window, classical, usual]
     if tuned is None:
         log.warning(
             "No patience up to %d reaches the Pflug detector's false-alarm rate", max_patience
@@ -191,7 +195,7 @@ def main() -> None:
                 "| %s | %.1f%% | %s | %.1f%% |",
                 outcome.name,
                 100 * outcome.false_alarm_rate,
-                f"{outcome.median_delay:.0f}",
+                "none" if math.isnan(outcome.median_delay) else f"{outcome.median_delay:.0f}",
                 100 * outcome.no_verdict_rate,
             )
     log.info("\nTotal time: %.1f s", time.perf_counter() - start)

@@ -30,7 +30,7 @@ LOSS, GRAD_NORM, INNER_PRODUCT, HAS_GRAD = range(4)
 
 
 class Action(Enum):
-    """What the callback does when a detector fires."""
+    """Response of the callback to a detection."""
 
     LOG = "log"
     STOP = "stop"
@@ -49,7 +49,7 @@ DETECTOR_CLASSES = {
 DEFAULT_ACTIONS = {
     "stationary_point": Action.STOP,
     "plateau": Action.LOG,
-    "stationary_phase": Action.STOP,
+    "stationary_phase": Action.LOG,
     "divergence": Action.STOP,
 }
 
@@ -65,9 +65,11 @@ class ConvergenceDetection(Callback):
       (``grad_tol``, ``relative``); default action ``stop``.
     - ``plateau``: :class:`~descend.convergence.PlateauDetector` (``window``, ``rel_tol``,
       ``level``); default action ``log``.
-    - ``stationary_phase``: :class:`~descend.convergence.PflugDetector` (``burnin``,
-      ``level``); default action ``stop``. Only while it is on does the callback keep one flat
-      copy of the previous gradient (as many numbers as the model has parameters).
+    - ``stationary_phase``: :class:`~descend.convergence.PflugDetector` (``window``,
+      ``level``, ``burnin``); default action ``log``, because on a network it also fires while
+      the loss still falls (see docs/convergence.md). Only while it is on does the callback
+      keep one flat copy of the previous gradient (as many numbers as the model has
+      parameters).
     - ``divergence``: :class:`~descend.convergence.DivergenceDetector` (``divergence_factor``);
       action ``stop`` (default) or ``log``. On a stop the trainer's ``min_epochs`` /
       ``min_steps`` are lifted and every ``ModelCheckpoint`` stops writing, so ``last.ckpt`` and
@@ -266,9 +268,11 @@ class ConvergenceDetection(Callback):
         records = torch.stack([record.to(pl_module.device) for _, record in self._pending])
         self._pending = []
 
+        # The largest absolute weight is finite exactly when every weight is (a 2-norm could
+        # overflow on large but finite weights).
         weights = [p.detach() for p in pl_module.parameters()]
-        weight_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(weights)).float())
-        packed = torch.cat([records.reshape(-1), weight_norm.to(records.device).view(1)])
+        largest_weight = torch.stack(torch._foreach_norm(weights, math.inf)).max().float()
+        packed = torch.cat([records.reshape(-1), largest_weight.to(records.device).view(1)])
         packed = trainer.strategy.reduce(packed, reduce_op="mean")
         values = packed.cpu().tolist()  # the one host sync of this check
         weights_finite = math.isfinite(values[-1])
@@ -349,10 +353,10 @@ class ConvergenceDetection(Callback):
                 log.warning(message)
             return
 
-        kept = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks]
-        kept = [path for path in kept if path]
+        paths = [c.last_model_path or c.best_model_path for c in trainer.checkpoint_callbacks]
+        paths = [path for path in paths if path]
         message += " Stopping; the checkpoints written before this step are kept"
-        message += f" ({', '.join(kept)})." if kept else " (none was written yet)."
+        message += f" ({', '.join(paths)})." if paths else " (none was written yet)."
         if trainer.is_global_zero:
             log.error(message)
 

@@ -2,7 +2,7 @@
 
 Each detector takes one optimizer step at a time through ``update`` and returns a
 :class:`~descend.convergence.reasons.Detection` the first time its rule holds, else ``None``.
-After firing it stays silent until ``reset()``. ``statistic`` holds the latest value of the
+After firing it stays silent until ``reset()``. ``statistic`` is the latest value of the
 quantity it tests (``nan`` while it has too few steps). ``state_dict`` / ``load_state_dict``
 carry everything needed to continue exactly where a checkpoint left off.
 
@@ -183,10 +183,10 @@ class PflugDetector:
     point the same way while the iterate still moves downhill (``<g_k, g_{k-1}> > 0`` on
     average), and against each other once it bounces around the minimum in its stationary
     distribution. For a quadratic with Hessian ``H`` and gradient-noise covariance ``S``,
-    ``E<g_k, g_{k-1}> -> -lr * tr(H S) / 2 + O(lr^2) < 0``. Pflug (1990) turned this into a test
-    and Chee & Toulis (2018, "Convergence diagnostics for stochastic gradient descent with
-    constant learning rate") analysed it: accumulate ``S_n = sum_k <g_k, g_{k-1}>`` and declare
-    the stationary phase when ``S_n`` turns negative.
+    ``E<g_k, g_{k-1}> -> -lr * tr(H S) / 2 + O(lr^2) < 0``. Pflug's test, as analysed by Chee &
+    Toulis ("Convergence diagnostics for stochastic gradient descent with constant step size",
+    AISTATS 2018), accumulates ``S_n = sum_k <g_k, g_{k-1}>`` and declares the stationary phase
+    when ``S_n`` turns negative.
 
     Summed from the start, ``S_n`` carries the large positive inner products of the transient
     and turns negative long after the onset. So by default the sum runs over the last

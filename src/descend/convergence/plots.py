@@ -52,7 +52,8 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def load_run(run_dir: Path) -> RunCurve:
-    """Read a run's loss curve and detections; the epoch of step ``s`` is ``s / steps_per_epoch``."""
+    """Read a run's loss curve and detections; the loss logged at step ``s`` (after ``s`` updates)
+    is placed at epoch ``s / steps_per_epoch``."""
     config = OmegaConf.load(run_dir / "config.yaml")
     metrics_files = sorted(run_dir.glob("**/metrics.csv"))
     if not metrics_files:
@@ -74,18 +75,24 @@ def load_run(run_dir: Path) -> RunCurve:
     curve = RunCurve(
         label=f"batch {config.data.batch_size}, seed {config.seed}",
         batch_size=int(config.data.batch_size),
-        epochs=(np.asarray(steps) + 1) / steps_per_epoch,
+        epochs=np.asarray(steps) / steps_per_epoch,
         losses=np.asarray(losses),
     )
     for row in rows:
         if row.get("convergence/step"):
             reason = list(ConvergenceReason)[int(float(row["convergence/reason"])) - 1]
-            curve.detections.append((float(row["convergence/step"]) / steps_per_epoch, reason))
+            # Detection step k is the k-th optimizer step, whose loss was logged at step k - 1.
+            epoch = (float(row["convergence/step"]) - 1) / steps_per_epoch
+            curve.detections.append((epoch, reason))
     return curve
 
 
 def _steps_per_epoch(epoch_of_step: dict[int, int]) -> float:
-    """Steps per epoch from the logged (step, epoch) pairs: the first step of the last epoch seen."""
+    """Steps per epoch from the logged (step, epoch) pairs: the first step of the last epoch seen.
+
+    Exact when every step is logged (``trainer.log_every_n_steps=1``, as in
+    ``experiment=gd_vs_sgd``); otherwise an estimate.
+    """
     if not epoch_of_step:
         raise ValueError("metrics.csv has no rows with an epoch: the run logged no training steps")
     last_epoch = max(epoch_of_step.values())
@@ -105,9 +112,7 @@ def plot_loss_vs_epochs(run_dirs: list[Path], ax=None):
         _, ax = plt.subplots(figsize=(7, 4.5))
     curves = [load_run(run_dir) for run_dir in run_dirs]
     batch_sizes = sorted({curve.batch_size for curve in curves}, reverse=True)
-    colours = {
-        size: plt.cm.viridis(i / max(len(batch_sizes) - 1, 1)) for i, size in enumerate(batch_sizes)
-    }
+    colours = {size: plt.cm.tab10(i % 10) for i, size in enumerate(batch_sizes)}
 
     labelled = set()
     for curve in curves:

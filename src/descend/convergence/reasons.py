@@ -7,7 +7,7 @@ from enum import Enum
 
 
 class ConvergenceReason(Enum):
-    """Why a detector fired. ``code`` is the number logged as ``convergence/reason``."""
+    """Reason a detector fired. ``code`` is the number logged as ``convergence/reason``."""
 
     STATIONARY_POINT = "stationary_point"
     PLATEAU = "plateau"
