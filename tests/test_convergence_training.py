@@ -346,3 +346,74 @@ def test_ddp_one_rank_nan_stops_all_ranks(tmp_path):
     events = [row for row in rows if row.get("convergence/step")]
     assert [float(row["convergence/step"]) for row in events] == [7.0]
     assert "diverged at step 7" in result.stdout + result.stderr
+
+
+class CountSteps(pl.Callback):
+    """Count the training batches run, to show that nothing is trained twice."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches += 1
+
+
+def test_stop_waits_for_min_steps(tmp_path):
+    features, targets, _ = quadratic_problem()
+    callback = ConvergenceDetection(
+        **only("stationary_point", grad_tol=1e30), check_every_n_steps=1
+    )
+    counter = CountSteps()
+
+    trainer = fit(
+        LeastSquares(lr=0.1),
+        full_batches(features, targets, 100),
+        [callback, counter],
+        tmp_path,
+        max_epochs=1,
+        min_epochs=0,
+        min_steps=30,
+    )
+
+    assert callback.convergence.step == 1
+    assert trainer.global_step == 30
+    assert counter.batches == 30
+
+
+def test_divergence_ignores_min_steps(tmp_path):
+    features, targets, _ = quadratic_problem()
+    callback = ConvergenceDetection(
+        **only("stationary_point", grad_tol=1e-4), check_every_n_steps=1
+    )
+
+    trainer = fit(
+        LeastSquares(lr=0.1),
+        full_batches(features, targets, 100),
+        [InjectNaN(7), callback],
+        tmp_path,
+        max_epochs=1,
+        min_steps=30,
+    )
+
+    assert callback.divergence.step == 7
+    assert trainer.global_step == 7
+
+
+def test_early_stopping_works_alongside(make_config):
+    cfg = make_config(
+        "callbacks=[default,early_stopping]",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=1.0",  # no accuracy can improve by 1.0
+        "trainer.max_epochs=5",
+        "test=false",
+    )
+
+    train(cfg)
+
+    # The first validation sets the best score, the second exhausts patience 1: two epochs of
+    # ceil(1437 / 64) = 23 steps.
+    results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert results["global_step"] == 46
+    rows = read_metrics(Path(cfg.paths.output_dir))
+    assert any(row.get("convergence/grad_norm") for row in rows)
+    assert not any(row.get("convergence/step") for row in rows)
