@@ -308,11 +308,13 @@ def test_config_nan_hook_logs_divergence(make_config):
     assert results["global_step"] == 10  # the first check after step 5
 
 
-def test_invalid_action_raises():
+def test_invalid_settings_raise():
     with pytest.raises(ValueError, match="plateau.action='halt' is invalid"):
         ConvergenceDetection(plateau={"action": "halt"})
     with pytest.raises(ValueError, match="divergence.action='reduce_lr' is invalid"):
         ConvergenceDetection(divergence={"action": "reduce_lr"})
+    with pytest.raises(TypeError, match="PlateauDetector takes window, rel_tol, level"):
+        ConvergenceDetection(plateau={"windw": 3})
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Mapping
@@ -79,7 +80,9 @@ class ConvergenceDetection(Callback):
     trainer's ``min_epochs`` / ``min_steps`` are not reached yet, in which case Lightning keeps
     training until they are and then stops (nothing is trained twice). ``reduce_lr``
     multiplies the learning rate of every parameter group by ``lr_factor`` and resets that
-    detector.
+    detector. NOTE: a scheduler that sets the learning rate from its base value (``LambdaLR``,
+    ``OneCycleLR``) overwrites that reduction at its next step, while ``StepLR``, which
+    multiplies the current learning rate, keeps it.
 
     The loss (from ``training_step``'s output) and the gradient statistics (in
     ``on_before_optimizer_step``, before gradient clipping) stay on the device as one small
@@ -150,7 +153,6 @@ class ConvergenceDetection(Callback):
         self._step_grad_stats: torch.Tensor | None = None
         self._previous_grad: torch.Tensor | None = None
         self._last_recorded_step = -1
-        self._latest_step = 0
 
     def _add_detector(self, name: str, options: dict[str, Any]) -> None:
         action_name = options.pop("action", DEFAULT_ACTIONS[name].value)
@@ -166,7 +168,15 @@ class ConvergenceDetection(Callback):
                 "divergence.action='reduce_lr' is invalid: diverged weights cannot be repaired by a "
                 "smaller learning rate; use 'stop' or 'log'"
             )
-        self.detectors[name] = DETECTOR_CLASSES[name](**options)
+        detector_class = DETECTOR_CLASSES[name]
+        try:
+            self.detectors[name] = detector_class(**options)
+        except TypeError as error:
+            settings = ", ".join(inspect.signature(detector_class).parameters)
+            raise TypeError(
+                f"callbacks.convergence.{name} has an invalid setting ({error}); "
+                f"{detector_class.__name__} takes {settings}, plus 'action'"
+            ) from error
         self.actions[name] = action
 
     @property
@@ -282,7 +292,6 @@ class ConvergenceDetection(Callback):
             is_last = index == len(steps) - 1
             for detection in self._update_detectors(step, row, weights_finite or not is_last):
                 self._on_detection(trainer, pl_module, detection, act)
-        self._latest_step = steps[-1]
         if act:
             self._log_statistics(pl_module)
 
