@@ -86,14 +86,14 @@ class ConvergenceDetection(Callback):
 
     The loss (from ``training_step``'s output) and the gradient statistics (in
     ``on_before_optimizer_step``, before gradient clipping) stay on the device as one small
-    tensor per step. Every ``check_every_n_steps`` optimizer steps, at the last batch of each
-    epoch, at steps where a ``ModelCheckpoint`` saves every n training steps, and at the end of
-    training, the pending records are averaged over ranks (one all-reduce under DDP) and copied
-    to the host (one sync); then the detectors run on each step in order. So a detection names
-    the exact step, while the action comes at the check. Under DDP the gradient statistics are
-    those of the already averaged gradient, the loss is the mean over ranks, and a non-finite
-    value on any rank makes the mean non-finite, so every rank reaches the same decision at the
-    same step and no rank waits on another.
+    tensor per step. Checks come every ``check_every_n_steps`` optimizer steps, at the last batch
+    of each epoch, at steps where a ``ModelCheckpoint`` saves every n training steps, and at the
+    end of training. A check averages the pending records over ranks (one all-reduce under DDP),
+    copies them to the host (one sync) and runs the detectors on each step in order. So a
+    detection names the exact step, while the action comes at the check. Under DDP the gradient
+    statistics are those of the already averaged gradient and the loss is the mean over ranks,
+    in which a non-finite value on any rank makes the mean non-finite. So every rank reaches the
+    same decision at the same step and no rank waits on another.
 
     Logged: ``convergence/grad_norm``, ``convergence/plateau``, ``convergence/stationary_phase``
     and ``convergence/loss_ratio`` (each detector's statistic, at checks, on Lightning's logging
@@ -369,8 +369,8 @@ class ConvergenceDetection(Callback):
         if trainer.is_global_zero:
             log.error(message)
 
-        # Diverged weights must not reach a checkpoint, and training on them must not go on
-        # because min_epochs / min_steps are not reached yet.
+        # Diverged weights must not reach a checkpoint, and training on them must not continue
+        # just because min_epochs / min_steps are not reached yet.
         for checkpoint in trainer.checkpoint_callbacks:
             checkpoint.save_last = False
             checkpoint.save_top_k = 0
