@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # Experiment name -> module whose `summarize(runs) -> Summary` builds its report.
 REPORTS = {
     "two_params": "descend.experiments.two_params",
+    "gd_vs_sgd": "descend.experiments.gd_vs_sgd",
+    "init_seeds": "descend.experiments.init_seeds",
+    "lr_sweep": "descend.experiments.lr_sweep",
 }
 
 

@@ -1,0 +1,152 @@
+"""The ``gd_vs_sgd`` experiment: full-batch gradient descent against mini-batch SGD at equal
+epochs, over seeds. Summary: final training and test loss, when the convergence detectors fired,
+and the gradient noise scale, per batch size."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from descend.convergence import ConvergenceReason  # noqa: E402
+from descend.convergence.plots import load_run as load_loss_curve  # noqa: E402
+from descend.convergence.plots import plot_loss_vs_epochs  # noqa: E402
+from descend.experiments.runs import Run, Summary  # noqa: E402
+
+NOISE_SCALE_KEY = "noise_scale/b_simple"
+
+
+def detections(run: Run) -> list[tuple[int, ConvergenceReason]]:
+    """Return the ``(step, reason)`` of every detection the convergence callback logged."""
+    _, steps = run.series("convergence/step")
+    _, codes = run.series("convergence/reason")
+    reasons = list(ConvergenceReason)
+    return [(int(step), reasons[int(code) - 1]) for step, code in zip(steps, codes, strict=True)]
+
+
+def first_convergence(run: Run) -> tuple[int, ConvergenceReason] | None:
+    """Return the first detection that is a convergence (not a divergence), if any."""
+    for step, reason in detections(run):
+        if reason.is_convergence:
+            return step, reason
+    return None
+
+
+def final_train_loss(run: Run) -> float:
+    """Return the mean training loss over the last epoch (every step's loss must be logged)."""
+    curve = load_loss_curve(run.path)
+    if len(curve.losses) == 0:
+        return math.nan
+    last_epoch = curve.epochs >= curve.epochs[-1] - 1 + 1e-9
+    return float(np.mean(curve.losses[last_epoch]))
+
+
+def run_row(run: Run) -> dict:
+    curve = load_loss_curve(run.path)
+    steps_per_epoch = _steps_per_epoch(curve)
+    row = {
+        "batch_size": run.batch_size,
+        "seed": run.seed,
+        "train_loss": final_train_loss(run),
+        "val_loss": run.last("val/loss"),
+        "test_loss": run.last("test/loss"),
+        "converged_step": math.nan,
+        "converged_epoch": math.nan,
+        "converged_by": "none",
+        "noise_scale": run.last(NOISE_SCALE_KEY),
+    }
+    convergence = first_convergence(run)
+    if convergence is not None:
+        step, reason = convergence
+        row["converged_step"] = step
+        row["converged_epoch"] = step / steps_per_epoch
+        row["converged_by"] = reason.value
+    return row
+
+
+def _steps_per_epoch(curve) -> float:
+    # The loss logged at step s (after s updates) sits at epoch s / steps_per_epoch.
+    positive = curve.epochs > 0
+    if not positive.any():
+        return 1.0
+    index = int(np.argmax(positive))
+    return index / curve.epochs[index]
+
+
+def plot_summary(runs: list[Run], rows: list[dict]) -> plt.Figure:
+    """Three panels: loss against epochs with detections, final losses per batch size, and the
+    epoch of the first convergence detection per batch size."""
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.5))
+    plot_loss_vs_epochs([run.path for run in runs], ax=left)
+    left.set_title("Training loss; markers: detections")
+
+    by_size: dict[int, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_size[row["batch_size"]].append(row)
+    sizes = sorted(by_size, reverse=True)
+    positions = np.arange(len(sizes))
+    for offset, key, label in (
+        (-0.1, "train_loss", "train (last epoch)"),
+        (0.1, "test_loss", "test"),
+    ):
+        for position, size in zip(positions, sizes, strict=True):
+            values = [row[key] for row in by_size[size] if not math.isnan(row[key])]
+            middle.plot(
+                [position + offset] * len(values),
+                values,
+                "o",
+                alpha=0.7,
+                color="tab:blue" if key == "train_loss" else "tab:orange",
+                label=label if position == 0 else None,
+            )
+    middle.set_xticks(positions, [str(size) for size in sizes])
+    middle.set_xlabel("batch size (1437 = full batch)")
+    middle.set_ylabel("final loss")
+    middle.set_yscale("log")
+    middle.legend(fontsize=8)
+    middle.set_title("Final loss, one point per seed")
+
+    for position, size in zip(positions, sizes, strict=True):
+        epochs = [row["converged_epoch"] for row in by_size[size]]
+        reached = [epoch for epoch in epochs if not math.isnan(epoch)]
+        right.plot([position] * len(reached), reached, "o", color="tab:green", alpha=0.7)
+        missing = len(epochs) - len(reached)
+        if missing:
+            right.annotate(
+                f"{missing} without\ndetection",
+                (position, 0),
+                ha="center",
+                fontsize=8,
+                xytext=(0, 5),
+                textcoords="offset points",
+            )
+        noise = [row["noise_scale"] for row in by_size[size] if not math.isnan(row["noise_scale"])]
+        if noise:
+            right.annotate(
+                f"B_simple {np.mean(noise):.3g}",
+                (position, 1.0),
+                ha="center",
+                fontsize=8,
+                xycoords=("data", "axes fraction"),
+                xytext=(0, -12),
+                textcoords="offset points",
+            )
+    right.set_xticks(positions, [str(size) for size in sizes])
+    right.set_xlim(-0.5, len(sizes) - 0.5)
+    right.set_ylim(bottom=0)
+    right.set_xlabel("batch size")
+    right.set_ylabel("epoch of the first convergence detection")
+    right.set_title("When convergence was detected")
+    figure.tight_layout()
+    return figure
+
+
+def summarize(runs: list[Run]) -> Summary:
+    """Build the table (one row per run, by batch size then seed) and the summary figure."""
+    rows = sorted((run_row(run) for run in runs), key=lambda r: (-r["batch_size"], r["seed"]))
+    return Summary(rows=rows, figures={"summary": plot_summary(runs, rows)})

@@ -1,0 +1,51 @@
+"""Lessons of the digits experiments, checked on short runs with fixed seeds."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from descend.experiments.runs import load_run
+from descend.report import main as report_main
+from descend.train import train
+
+
+def logged_losses(run_dir: str) -> np.ndarray:
+    steps, losses = load_run(run_dir).series("train/loss")
+    assert steps == list(range(len(steps))), "every step's loss must be logged"
+    return np.asarray(losses)
+
+
+@pytest.mark.slow
+def test_gd_vs_sgd_full_batch_loss_never_rises(make_config, tmp_path):
+    full_batch = make_config(
+        "experiment=gd_vs_sgd", "data.batch_size=1437", "trainer.max_epochs=40", "test=true"
+    )
+    # The run directory is read now: it resolves through the Hydra config of the latest compose.
+    full_batch_dir = full_batch.paths.output_dir
+    train(full_batch)
+    mini_batch = make_config(
+        "experiment=gd_vs_sgd", "data.batch_size=64", "trainer.max_epochs=2", "test=true"
+    )
+    mini_batch_dir = mini_batch.paths.output_dir
+    train(mini_batch)
+
+    gd_losses = logged_losses(full_batch_dir)
+    sgd_losses = logged_losses(mini_batch_dir)
+    assert len(gd_losses) == 40
+    rises = np.diff(gd_losses)
+    assert rises.max() <= 0.0, f"full-batch loss rose by {rises.max():.3g} at step {rises.argmax()}"
+    assert gd_losses[-1] < 0.5 * gd_losses[0]
+    assert len(sgd_losses) == 2 * 23  # ceil(1437 / 64) steps per epoch
+    assert np.diff(sgd_losses).max() > 0.0, "mini-batch losses never rose: no gradient noise?"
+
+    report_main([str(tmp_path), "--wandb", "off"])
+    with (tmp_path / "report" / "gd_vs_sgd.csv").open() as file:
+        rows = {int(row["batch_size"]): row for row in csv.DictReader(file)}
+    assert sorted(rows) == [64, 1437]
+    # Full batch: the last epoch is the last step; mini-batch: the mean of the last 23 steps.
+    assert float(rows[1437]["train_loss"]) == pytest.approx(gd_losses[-1])
+    assert float(rows[64]["train_loss"]) == pytest.approx(sgd_losses[-23:].mean())
+    assert (tmp_path / "report" / "gd_vs_sgd_summary.png").is_file()
