@@ -63,3 +63,6 @@ SWEEP ?=
 report: $(STAMP) ## Figures and table of a finished multirun: make report SWEEP=logs/train/multiruns/<dir>
 	@test -n "$(SWEEP)" || { echo "SWEEP is missing: make report SWEEP=logs/train/multiruns/<dir> (from descend-train -m experiment=<name>)"; exit 2; }
 	$(BIN)/python -m descend.report $(SWEEP)
+
+notebooks: $(STAMP) ## Execute the notebooks in place (their runs go to logs/notebooks/)
+	$(BIN)/jupyter-execute --inplace --timeout=600 notebooks/01_descent_tour.ipynb notebooks/02_gd_vs_sgd.ipynb

@@ -7,16 +7,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from descend.convergence import ConvergenceReason  # noqa: E402
-from descend.convergence.plots import load_run as load_loss_curve  # noqa: E402
-from descend.convergence.plots import plot_loss_vs_epochs  # noqa: E402
-from descend.experiments.runs import Run, Summary  # noqa: E402
+from descend.convergence import ConvergenceReason
+from descend.convergence.plots import load_run as load_loss_curve
+from descend.convergence.plots import plot_loss_vs_epochs
+from descend.experiments.runs import Run, Summary
 
 NOISE_SCALE_KEY = "noise_scale/b_simple"
 
@@ -78,10 +75,11 @@ def _steps_per_epoch(curve) -> float:
     return index / curve.epochs[index]
 
 
-def plot_summary(runs: list[Run], rows: list[dict]) -> plt.Figure:
+def plot_summary(runs: list[Run], rows: list[dict]) -> Figure:
     """Three panels: loss against epochs with detections, final losses per batch size, and the
     epoch of the first convergence detection per batch size."""
-    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.5))
+    figure = Figure(figsize=(15, 4.5))
+    left, middle, right = figure.subplots(1, 3)
     plot_loss_vs_epochs([run.path for run in runs], ax=left)
     left.set_title("Training loss; markers: detections")
 

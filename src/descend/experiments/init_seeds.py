@@ -15,23 +15,20 @@ import logging
 from pathlib import Path
 
 import hydra
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from descend.experiments.runs import Run, Summary  # noqa: E402
-from descend.landscape import (  # noqa: E402
+from descend.experiments.runs import Run, Summary
+from descend.landscape import (
     Curve,
     Evaluator,
     ParameterSpace,
     interpolation_curve,
     make_eval_batches,
 )
-from descend.landscape.parameters import write_parameters  # noqa: E402
-from descend.utils.checkpoints import load_checkpoint  # noqa: E402
+from descend.landscape.parameters import write_parameters
+from descend.utils.checkpoints import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +76,11 @@ def pair_curves(
     return curves
 
 
-def plot_pair_curves(curves: list[tuple[Run, Run, Curve]]) -> plt.Figure:
+def plot_pair_curves(curves: list[tuple[Run, Run, Curve]]) -> Figure:
     """Left: the loss along each pair's line; right: the barrier heights as a matrix."""
     seeds = sorted({run.seed for first, second, _ in curves for run in (first, second)})
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure = Figure(figsize=(11, 4.5))
+    left, right = figure.subplots(1, 2)
     for first, second, curve in curves:
         left.plot(curve.alpha, curve.loss, marker=".", label=f"seed {first.seed} -> {second.seed}")
     left.set_yscale("log")

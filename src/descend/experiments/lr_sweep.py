@@ -9,15 +9,13 @@ import logging
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from descend.convergence import ConvergenceReason  # noqa: E402
-from descend.experiments.gd_vs_sgd import detections  # noqa: E402
-from descend.experiments.runs import Run, Summary  # noqa: E402
-from descend.landscape import load_landscape  # noqa: E402
+from descend.convergence import ConvergenceReason
+from descend.experiments.gd_vs_sgd import detections
+from descend.experiments.runs import Run, Summary
+from descend.landscape import load_landscape
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +49,12 @@ def run_row(run: Run) -> dict:
     }
 
 
-def plot_summary(runs: list[Run], rows: list[dict]) -> plt.Figure:
+def plot_summary(runs: list[Run], rows: list[dict]) -> Figure:
     """Left: training loss against steps per rate, crosses at divergence; right: the loss along
     a random line through the final weights (alpha 0 is the final point)."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colours = plt.get_cmap("viridis")
+    figure = Figure(figsize=(12, 4.5))
+    left, right = figure.subplots(1, 2)
+    colours = colormaps["viridis"]
     for index, (run, row) in enumerate(zip(runs, rows, strict=True)):
         colour = colours(index / max(1, len(runs) - 1))
         label = f"lr {row['lr']:g}: {row['verdict']}"

@@ -17,15 +17,14 @@ import logging
 from dataclasses import dataclass
 
 import hydra
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy.optimize import minimize
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
-
-from descend.callbacks.weight_trajectory import TRAJECTORY_FILE, load_trajectory  # noqa: E402
-from descend.experiments.runs import Run, Summary  # noqa: E402
+from descend.callbacks.weight_trajectory import TRAJECTORY_FILE, load_trajectory
+from descend.experiments.runs import Run, Summary
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ def plot_surface_with_paths(
     paths: list[Path2D],
     minima: list[np.ndarray],
     grid_points: int = 201,
-) -> plt.Figure:
+) -> Figure:
     """Draw ``log10 L`` over a square grid with every path: full-batch GD thick, SGD thin, one
     colour per seed; circles mark starts, crosses the minima."""
     extent = grid_extent(paths)
@@ -120,13 +119,14 @@ def plot_surface_with_paths(
     w1, w2 = np.meshgrid(axis, axis)
     surface = mse_loss(w1, w2, x, y)
 
-    figure, ax = plt.subplots(figsize=(6.4, 6.4))
+    figure = Figure(figsize=(6.4, 6.4))
+    ax = figure.subplots()
     filled = ax.contourf(w1, w2, np.log10(surface), levels=30, cmap="viridis")
     ax.contour(w1, w2, np.log10(surface), levels=15, colors="white", linewidths=0.3, alpha=0.6)
     figure.colorbar(filled, ax=ax, label="log10 training loss (MSE)")
 
     seeds = sorted({p.seed for p in paths})
-    colours = plt.get_cmap("tab10")
+    colours = colormaps["tab10"]
     for path in paths:
         colour = colours(seeds.index(path.seed) % 10)
         style = FULL_BATCH_STYLE if path.full_batch else MINI_BATCH_STYLE
@@ -136,14 +136,13 @@ def plot_surface_with_paths(
         ax.plot(*point, "X", color="red", markeredgecolor="white", markersize=11)
 
     handles = [
-        plt.Line2D([], [], color="black", label="full-batch GD", **FULL_BATCH_STYLE),
-        plt.Line2D([], [], color="black", label="mini-batch SGD", **MINI_BATCH_STYLE),
-        plt.Line2D([], [], marker="o", color="grey", linestyle="", label="start"),
-        plt.Line2D([], [], marker="X", color="red", linestyle="", label="minimum"),
+        Line2D([], [], color="black", label="full-batch GD", **FULL_BATCH_STYLE),
+        Line2D([], [], color="black", label="mini-batch SGD", **MINI_BATCH_STYLE),
+        Line2D([], [], marker="o", color="grey", linestyle="", label="start"),
+        Line2D([], [], marker="X", color="red", linestyle="", label="minimum"),
     ]
     handles += [
-        plt.Line2D([], [], color=colours(i % 10), label=f"seed {seed}")
-        for i, seed in enumerate(seeds)
+        Line2D([], [], color=colours(i % 10), label=f"seed {seed}") for i, seed in enumerate(seeds)
     ]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4, fontsize=8)
     ax.set_xlabel("w1 (input weight)")
