@@ -96,8 +96,10 @@ def plot_pair_curves(curves: list[tuple[Run, Run, Curve]]) -> Figure:
     np.fill_diagonal(matrix, 0.0)
     image = right.imshow(matrix, cmap="magma")
     figure.colorbar(image, ax=right, label="barrier height (loss)")
+    middle = np.nanmax(matrix) / 2
     for (i, j), value in np.ndenumerate(matrix):
-        right.text(j, i, f"{value:.2f}", ha="center", va="center", color="grey", fontsize=9)
+        colour = "white" if value < middle else "black"
+        right.text(j, i, f"{value:.2f}", ha="center", va="center", color=colour, fontsize=9)
     right.set_xticks(range(len(seeds)), [str(seed) for seed in seeds])
     right.set_yticks(range(len(seeds)), [str(seed) for seed in seeds])
     right.set_xlabel("seed")

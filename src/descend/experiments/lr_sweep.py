@@ -9,6 +9,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
@@ -56,12 +57,15 @@ def plot_summary(runs: list[Run], rows: list[dict]) -> Figure:
     left, right = figure.subplots(1, 2)
     colours = colormaps["viridis"]
     for index, (run, row) in enumerate(zip(runs, rows, strict=True)):
-        colour = colours(index / max(1, len(runs) - 1))
+        # The top of viridis (yellow) is hard to see on white: stop at 0.85.
+        colour = colours(0.85 * index / max(1, len(runs) - 1))
         label = f"lr {row['lr']:g}: {row['verdict']}"
         steps, losses = run.series("train/loss")
         left.plot(steps, losses, color=colour, linewidth=1, label=label)
-        if row["verdict"] == "diverged" and losses:
-            left.plot(steps[-1], losses[-1], "x", color="red", markersize=10, markeredgewidth=2)
+        if row["verdict"] == "diverged" and steps:
+            step = row["detection_step"]
+            loss = float(np.interp(step, steps, losses))
+            left.plot(step, loss, "x", color="red", markersize=10, markeredgewidth=2)
 
         line_path = run.path / RANDOM_LINE_FILE
         if line_path.is_file():
@@ -72,7 +76,7 @@ def plot_summary(runs: list[Run], rows: list[dict]) -> Figure:
     left.set_yscale("log")
     left.set_xlabel("optimizer step")
     left.set_ylabel("training loss (per step)")
-    left.set_title("Training loss by learning rate (x: divergence)")
+    left.set_title("Training loss by learning rate (x: divergence detected)")
     left.legend(fontsize=7)
     right.set_yscale("log")
     right.set_xlabel("alpha along a filter-normalised random direction (0: final weights)")
