@@ -49,3 +49,27 @@ def test_gd_vs_sgd_full_batch_loss_never_rises(make_config, tmp_path):
     assert float(rows[1437]["train_loss"]) == pytest.approx(gd_losses[-1])
     assert float(rows[64]["train_loss"]) == pytest.approx(sgd_losses[-23:].mean())
     assert (tmp_path / "report" / "gd_vs_sgd_summary.png").is_file()
+
+
+@pytest.mark.slow
+def test_lr_sweep_reports_largest_rate_divergent(make_config, tmp_path):
+    run_dirs = {}
+    for lr in (0.1, 5.0):
+        cfg = make_config("experiment=lr_sweep", f"model.optimizer.lr={lr}", "trainer.max_epochs=1")
+        run_dirs[lr] = cfg.paths.output_dir
+        train(cfg)
+
+    report_main([str(tmp_path), "--wandb", "off"])
+    with (tmp_path / "report" / "lr_sweep.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [float(row["lr"]) for row in rows] == [0.1, 5.0]
+    assert rows[0]["verdict"] != "diverged"
+    assert rows[1]["verdict"] == "diverged"
+
+    # The divergence detector's rule, applied to the logged losses by hand: the first loss above
+    # 10 x the initial loss. The loss logged at step s belongs to optimizer step s + 1.
+    losses = logged_losses(run_dirs[5.0])
+    first_above = int(np.argmax(losses > 10 * losses[0]))
+    assert losses[first_above] > 10 * losses[0]
+    assert float(rows[1]["detection_step"]) == first_above + 1
+    assert int(rows[1]["steps_trained"]) < 23, "divergence must stop training within the epoch"

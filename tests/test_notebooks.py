@@ -10,6 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from descend.experiments import load_run
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
@@ -66,3 +68,24 @@ def test_gd_vs_sgd_notebook_reports_its_runs(tmp_path, monkeypatch):
     # At equal epochs the mini-batch runs take more steps and end far lower.
     assert reported[16] < reported[1437] / 2
     assert len(outputs_of(notebook, "image/png")) == 1
+
+
+@pytest.mark.slow
+def test_descent_tour_notebook_shows_its_run(tmp_path, monkeypatch):
+    notebook = execute("01_descent_tour.ipynb", tmp_path, monkeypatch)
+    run = load_run(tmp_path / "01_descent_tour")
+    printed = "".join(outputs_of(notebook, "stdout"))
+
+    # 8 epochs of ceil(1437 / 64) = 23 steps.
+    steps, accuracy = re.search(
+        r"(\d+) optimizer steps, validation accuracy ([0-9.]+)", printed
+    ).groups()
+    assert int(steps) == 8 * 23
+    assert float(accuracy) == pytest.approx(run.last("val/acc"), abs=5e-5)
+
+    # Each detection the notebook lists is the one the callback logged to metrics.csv.
+    listed = [int(step) for step in re.findall(r"^step (\d+): ", printed, flags=re.MULTILINE)]
+    _, logged = run.series("convergence/step")
+    assert listed == [int(step) for step in logged]
+    # Gradient norms, the landscape contour, the interpolation curve and the loss curve.
+    assert len(outputs_of(notebook, "image/png")) == 4
