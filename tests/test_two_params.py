@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
+from wandb_records import find_run_files, run_contents
 
 from descend.callbacks.weight_trajectory import load_trajectory
 from descend.data import TanhRegressionDataModule
@@ -109,7 +110,9 @@ def test_two_params_seeds_reach_mirror_minima(make_config, tmp_path):
     assert np.linalg.norm(finals[0] - finals[3]) > 2.0
     np.testing.assert_allclose(finals[0], -finals[3], atol=0.03)
 
-    report_main([str(tmp_path), "--wandb", "off"])
+    # An offline W&B run directory makes the report log to W&B offline as well.
+    (tmp_path / "run0" / "wandb" / "offline-run-19700101_000000-test").mkdir(parents=True)
+    report_main([str(tmp_path)])
     with (tmp_path / "report" / "two_params.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [int(row["seed"]) for row in rows] == [0, 3]
@@ -117,3 +120,9 @@ def test_two_params_seeds_reach_mirror_minima(make_config, tmp_path):
         reported = np.array([float(row["w1_final"]), float(row["w2_final"])])
         np.testing.assert_allclose(reported, finals[int(row["seed"])])
     assert (tmp_path / "report" / "two_params_surface.png").stat().st_size > 10_000
+
+    (run_file,) = find_run_files(tmp_path / "report")
+    logged = run_contents(run_file)["history"][0]
+    assert logged["report/surface._type"] == "image-file"
+    assert logged["report/table._type"] == "table-file"
+    assert logged["report/table.nrows"] == 2
