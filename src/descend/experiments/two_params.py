@@ -175,8 +175,9 @@ def summarize(runs: list[Run]) -> Summary:
                 "grad_norm_final": float(np.linalg.norm(mse_gradient(final, x, y))),
                 "minimum": f"({minimum[0]:+.3f}, {minimum[1]:+.3f})",
                 "distance_to_minimum": float(np.linalg.norm(final - minimum)),
+                # On the whole training set, unlike a mini-batch run's logged train/loss.
+                "train_loss_final": float(mse_loss(final[0], final[1], x, y)),
             }
-        row["train_loss"] = run.last("train/loss")
         rows.append(row)
     figure = plot_surface_with_paths(x, y, paths, minima)
     return Summary(rows=rows, figures={"surface": figure})
