@@ -1,5 +1,6 @@
 """Callbacks that watch gradient descent while it runs."""
 
+from descend.callbacks.grad_norm import GradNormMonitor, NonFinitePolicy
 from descend.callbacks.run_config import StoreRunConfig
 
-__all__ = ["StoreRunConfig"]
+__all__ = ["GradNormMonitor", "NonFinitePolicy", "StoreRunConfig"]
