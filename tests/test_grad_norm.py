@@ -14,7 +14,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from descend.callbacks import GradNormMonitor
-from descend.gradients import GroupedNorms, combine_norms, estimate_noise_scale, tensor_norms
+from descend.gradients import (
+    GroupLayout,
+    combine_host_norms,
+    combine_norms,
+    estimate_noise_scale,
+    tensor_norms,
+)
 from descend.gradients.noise_scale import NoiseScaleEMA
 
 NORM_TYPES = (1.0, 2.0, math.inf)
@@ -67,15 +73,17 @@ def test_tensor_norms_match_vector_norm(p):
 
 
 @pytest.mark.parametrize("p", NORM_TYPES)
-def test_grouped_norms_are_norms_of_concatenation(p):
+def test_group_norms_are_norms_of_concatenation(p):
     tensors = [torch.tensor([3.0, -4.0]), torch.tensor([1.0]), torch.tensor([-2.0, 2.0, 1.0])]
-    grouper = GroupedNorms(["a", "b", "a"], p, torch.device("cpu"))
+    layout = GroupLayout(["a", "b", "a"], p)
+    norms = tensor_norms(tensors, p).tolist()
 
-    grouped = grouper(tensor_norms(tensors, p))
+    grouped = layout.group_norms(norms)
 
-    assert grouper.names == ["a", "b"]
-    assert grouped[0].item() == pytest.approx(vector_norm([tensors[0], tensors[2]], p), rel=1e-6)
-    assert grouped[1].item() == pytest.approx(1.0)
+    assert layout.names == ["a", "b"]
+    assert grouped[0] == pytest.approx(vector_norm([tensors[0], tensors[2]], p), rel=1e-6)
+    assert grouped[1] == pytest.approx(1.0)
+    assert combine_host_norms(norms, p) == pytest.approx(vector_norm(tensors, p), rel=1e-6)
 
 
 def test_noise_scale_estimate_matches_paper_formula():
@@ -281,7 +289,7 @@ def test_nonfinite_skip_leaves_weights_unchanged():
     for before, after in zip(weights, module.parameters(), strict=True):
         assert torch.equal(before, after)
     metrics = logger.rows[0][1]
-    assert metrics["grad_norm/nonfinite_steps"] == 1.0
+    assert metrics["grad_norm/nonfinite_params"] == 1.0
     # A skipped step logs no norms, so its inf reaches no chart or average.
     assert "grad_norm/total" not in metrics
 
@@ -294,7 +302,10 @@ def test_nonfinite_warn_counts_and_names_first():
     callback = GradNormMonitor()
     callback.on_train_start(trainer, module)
 
-    with pytest.warns(UserWarning, match=r"1 parameter tensors were affected, first out\.bias"):
+    with pytest.warns(
+        UserWarning,
+        match=r"1 parameter tensors held inf or NaN since the last log; the first is out\.bias",
+    ):
         for step, put_gradients in enumerate([put_inf_gradient, set_gradients]):
             trainer.global_step = step
             put_gradients(module)
@@ -304,7 +315,7 @@ def test_nonfinite_warn_counts_and_names_first():
 
     ((step, metrics),) = logger.rows
     assert step == 1
-    assert metrics["grad_norm/nonfinite_steps"] == 1.0
+    assert metrics["grad_norm/nonfinite_params"] == 1.0
 
 
 # ---------------------------------------------------------------- real Lightning runs

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -12,10 +13,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.data import extract_batch_size
 
+from descend.gradients.local_norms import LocalGradientNorms
 from descend.gradients.noise_scale import NoiseScaleEMA, b_simple, estimate_noise_scale
 from descend.gradients.norms import (
-    GroupedNorms,
+    GroupLayout,
     check_norm_type,
+    combine_host_norms,
     combine_norms,
     group_parameter_names,
     tensor_norms,
@@ -43,8 +46,8 @@ class _StepRecord:
     total: torch.Tensor
     log_now: bool
     skipped_by_policy: bool = False
-    weight_norms: torch.Tensor | None = None
-    weights_before: list[torch.Tensor] = field(default_factory=list)
+    # A copy of the parameters before the step (logging steps only).
+    weights_before: list[torch.Tensor] | None = None
 
 
 class GradNormMonitor(pl.Callback):
@@ -65,7 +68,8 @@ class GradNormMonitor(pl.Callback):
       ||theta_before||`` across the optimizer step, whatever the optimizer did (momentum, Adam,
       weight decay).
     - ``amp/loss_scale`` and ``amp/skipped_steps`` under 16-bit AMP with a gradient scaler.
-    - ``grad_norm/nonfinite_steps``: steps since the previous log whose gradients held inf or NaN.
+    - ``grad_norm/nonfinite_params``: parameter tensors whose gradient held inf or NaN on some
+      step since the previous log (not under 16-bit AMP, where the scaler handles them).
     - ``noise_scale/b_simple``, ``noise_scale/grad_sq`` and ``noise_scale/trace_sigma``: the
       gradient noise scale of McCandlish et al. (2018), see :mod:`descend.gradients.noise_scale`.
       It needs gradients at two batch sizes, so it is logged only under DDP (per-rank vs
@@ -145,23 +149,19 @@ class GradNormMonitor(pl.Callback):
 
         self.last_total_norm: torch.Tensor | None = None
         self._named_params: list[tuple[str, torch.nn.Parameter]] = []
-        self._groupers: dict[tuple[str, ...], GroupedNorms] = {}
-        self._group_names: list[str] = []
+        self._layouts: dict[tuple[str, ...], GroupLayout] = {}
         self._warned_cap = False
         self._record: _StepRecord | None = None
         self._step_taken = False
         self._optimizer_hooks: list[Any] = []
         self._skipped_steps = 0
 
-        # Non-finite gradients seen since the last log, tracked on the device (policy "warn").
-        self._nonfinite_steps: torch.Tensor | None = None
-        self._first_nonfinite_names: list[str] = []
-        self._first_nonfinite_norms = torch.zeros(0)
+        # Elementwise maximum of the per-tensor norms since the last log, for policy "warn".
+        self._nonfinite_names: list[str] = []
+        self._nonfinite_norms: torch.Tensor | None = None
 
-        # Small-batch measurements of the current accumulation window (noise scale).
-        self._tensor_hooks: list[Any] = []
-        self._micro_parts: list[torch.Tensor] = []
-        self._micro_sq_sum: torch.Tensor | None = None
+        # Micro-batch (and per-rank) gradient norms of the current optimizer step.
+        self._local_norms = LocalGradientNorms()
         self._micro_batch_sizes: list[int] = []
 
     # ------------------------------------------------------------------ setup and teardown
@@ -173,16 +173,15 @@ class GradNormMonitor(pl.Callback):
 
         if not self.noise_scale:
             return
-        world_size = trainer.world_size
-        accumulate = trainer.accumulate_grad_batches
-        if world_size == 1 and accumulate == 1:
+        if trainer.world_size == 1 and trainer.accumulate_grad_batches == 1:
             log.info(
                 "The gradient noise scale is not logged: it needs two batch sizes, from DDP "
                 "(trainer.devices > 1) or from trainer.accumulate_grad_batches > 1"
             )
             return
-        for _, param in self._named_params:
-            self._tensor_hooks.append(param.register_hook(self._measure_micro_gradient))
+        # NOTE: any other backward pass during training (a second loss, a probe of another
+        # callback) also reaches these hooks and counts as a micro-batch.
+        self._local_norms.attach(p for _, p in self._named_params)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._remove_hooks()
@@ -193,44 +192,34 @@ class GradNormMonitor(pl.Callback):
         self._remove_hooks()
 
     def _remove_hooks(self) -> None:
-        for handle in self._optimizer_hooks + self._tensor_hooks:
+        for handle in self._optimizer_hooks:
             handle.remove()
         self._optimizer_hooks = []
-        self._tensor_hooks = []
+        self._local_norms.detach()
 
     def _on_step_taken(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._step_taken = True
 
-    # ------------------------------------------------------------------ noise-scale inputs
-
-    def _measure_micro_gradient(self, grad: torch.Tensor) -> None:
-        # Runs during backward with this rank's gradient of one micro-batch, before it is added to
-        # .grad and before DDP averages it.
-        self._micro_parts.append(torch.linalg.vector_norm(grad.detach(), dtype=torch.float32))
-
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._tensor_hooks:
+        if self._local_norms.attached:
             self._micro_batch_sizes.append(extract_batch_size(batch))
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._micro_parts:
-            return
-        squared = torch.stack(self._micro_parts).square().sum()
-        self._micro_parts = []
-        if self._micro_sq_sum is None:
-            self._micro_sq_sum = squared
-        else:
-            self._micro_sq_sum = self._micro_sq_sum + squared
+        if self._local_norms.attached:
+            self._local_norms.end_pass()
 
     # ------------------------------------------------------------------ every optimizer step
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        names = [n for n, p in self._named_params if p.grad is not None]
-        params = [p for _, p in self._named_params if p.grad is not None]
+        names, params = [], []
+        for name, param in self._named_params:
+            if param.grad is not None:
+                names.append(name)
+                params.append(param)
         grads = [p.grad for p in params]
         norms = tensor_norms(grads, self.norm_type)
         total = combine_norms(norms, self.norm_type)
@@ -242,33 +231,26 @@ class GradNormMonitor(pl.Callback):
 
         if params and self._scaler(trainer) is None:
             record.skipped_by_policy = self._check_finite(record, pl_module)
-        if self._tensor_hooks:
+        if self._local_norms.attached:
             self._update_noise_scale(trainer, grads, total)
-        if log_now and params and not record.skipped_by_policy:
-            if self.log_weight_norm or self.log_update_ratio:
-                record.weight_norms = tensor_norms(params, self.norm_type)
-            if self.log_update_ratio:
-                record.weights_before = [p.detach().clone() for p in params]
+        wants_weights = self.log_weight_norm or self.log_update_ratio
+        if log_now and params and wants_weights and not record.skipped_by_policy:
+            record.weights_before = [p.detach().clone() for p in params]
 
         self._record = record
         self._step_taken = False
 
     def _check_finite(self, record: _StepRecord, pl_module: pl.LightningModule) -> bool:
-        """Count non-finite gradients on the device; return True when the step must be skipped."""
-        bad = ~torch.isfinite(record.total)
-        if self._nonfinite_steps is None or self._first_nonfinite_names != record.names:
-            # NOTE: the first offending step is tracked only while the set of parameters with
-            # gradients stays the same; a change restarts the tracking.
-            self._nonfinite_steps = torch.zeros((), dtype=torch.long, device=bad.device)
-            self._first_nonfinite_norms = torch.zeros_like(record.norms)
-            self._first_nonfinite_names = record.names
-        self._nonfinite_steps += bad
-        # Keep the norms of the first non-finite step since the last log, without a host sync.
-        seen = ~torch.isfinite(self._first_nonfinite_norms).all()
-        keep = seen | ~bad
-        self._first_nonfinite_norms = torch.where(keep, self._first_nonfinite_norms, record.norms)
+        """Record non-finite gradients on the device; return True when the step must be skipped."""
+        if self._nonfinite_norms is None or self._nonfinite_names != record.names:
+            self._report_nonfinite()
+            self._nonfinite_norms = torch.zeros_like(record.norms)
+            self._nonfinite_names = record.names
+        # torch.maximum keeps any inf and propagates NaN, so the next log knows which parameters
+        # had non-finite gradients without a host sync on this step.
+        self._nonfinite_norms = torch.maximum(self._nonfinite_norms, record.norms)
 
-        if self.nonfinite is NonFinitePolicy.WARN or bool(torch.isfinite(record.total)):
+        if self.nonfinite is NonFinitePolicy.WARN or math.isfinite(record.total.item()):
             return False
         names = _nonfinite_names(record.names, record.norms)
         message = (
@@ -291,16 +273,14 @@ class GradNormMonitor(pl.Callback):
     def _update_noise_scale(
         self, trainer: pl.Trainer, grads: list[torch.Tensor], total: torch.Tensor
     ) -> None:
-        micro_sq_sum = self._micro_sq_sum
+        micro_sq_sum, num_micro = self._local_norms.pop()
         batch_sizes = self._micro_batch_sizes
-        self._micro_sq_sum = None
         self._micro_batch_sizes = []
 
-        num_micro = len(batch_sizes)
         world_size = trainer.world_size
-        if micro_sq_sum is None or num_micro == 0 or num_micro * world_size < 2:
+        if micro_sq_sum is None or num_micro * world_size < 2:
             return
-        if len(set(batch_sizes)) > 1:
+        if len(set(batch_sizes)) != 1:
             # NOTE: micro-batches of unequal size (the end of an epoch) are left out; the ranks'
             # batch sizes are assumed equal, as the project's loaders make them.
             return
@@ -345,105 +325,139 @@ class GradNormMonitor(pl.Callback):
             self._log(trainer, record, skipped)
 
     def _log(self, trainer: pl.Trainer, record: _StepRecord, skipped: bool) -> None:
-        scalars: dict[str, torch.Tensor] = {}
-        groups: dict[str, torch.Tensor] = {}
+        # Everything this step logs goes to the host in one transfer; the few per-tensor values
+        # are then combined into totals and groups in Python, cheaper than more device kernels.
+        rows: dict[str, torch.Tensor] = {}
         if record.params and not skipped:
-            self._step_values(trainer, record, scalars, groups)
-        if self._nonfinite_steps is not None:
-            scalars["grad_norm/nonfinite_steps"] = self._nonfinite_steps
-        if self._tensor_hooks:
-            scalars.update(self._noise_scale_values(trainer))
+            rows.update(self._per_tensor_rows(trainer, record))
+        if self._nonfinite_norms is not None:
+            rows["nonfinite"] = self._nonfinite_norms
+        noise = self._noise_scale_values(trainer) if self._local_norms.attached else None
+        if noise is not None:
+            rows["noise_scale"] = noise
 
-        metrics = _to_host(scalars, groups, self._group_names[: self.max_groups])
+        host: dict[str, list[float]] = {}
+        if rows:
+            device = record.norms.device
+            flat = torch.cat([row.to(device, torch.float32) for row in rows.values()]).tolist()
+            position = 0
+            for name, row in rows.items():
+                host[name] = flat[position : position + row.numel()]
+                position += row.numel()
+
+        metrics = self._step_metrics(record, host)
+        if "noise_scale" in host:
+            b_simple_value, grad_sq, trace_sigma = host["noise_scale"]
+            metrics["noise_scale/b_simple"] = b_simple_value
+            metrics["noise_scale/grad_sq"] = grad_sq
+            metrics["noise_scale/trace_sigma"] = trace_sigma
+        if "nonfinite" in host:
+            num_nonfinite = sum(not math.isfinite(value) for value in host["nonfinite"])
+            metrics["grad_norm/nonfinite_params"] = float(num_nonfinite)
+            if num_nonfinite:
+                self._report_nonfinite(host["nonfinite"])
         scaler = self._scaler(trainer)
         if scaler is not None:
+            # The scale after the scaler's update: halved after a skipped step.
             metrics["amp/loss_scale"] = scaler.get_scale()
             metrics["amp/skipped_steps"] = float(self._skipped_steps)
         self._skipped_steps = 0
-        self._report_nonfinite(metrics.get("grad_norm/nonfinite_steps", 0.0))
 
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=record.step)
 
-    def _step_values(
-        self,
-        trainer: pl.Trainer,
-        record: _StepRecord,
-        scalars: dict[str, torch.Tensor],
-        groups: dict[str, torch.Tensor],
-    ) -> None:
-        grouper = self._grouper(record.names, record.norms.device)
-        scalars["grad_norm/total"] = record.total
-        groups["grad_norm/"] = grouper(record.norms)
-
+    def _per_tensor_rows(self, trainer: pl.Trainer, record: _StepRecord) -> dict[str, torch.Tensor]:
+        """Return the per-tensor norms to log: gradients, and weights, updates, clipped gradients."""
+        rows = {"grad_norm": record.norms}
+        if record.weights_before is not None:
+            parts = list(record.weights_before)
+            if self.log_update_ratio:
+                current = [p.detach() for p in record.params]
+                parts.extend(torch._foreach_sub(current, record.weights_before))
+            norms = tensor_norms(parts, self.norm_type)
+            num_params = len(record.params)
+            rows["weight_norm"] = norms[:num_params]
+            if self.log_update_ratio:
+                rows["update"] = norms[num_params:]
         if trainer.gradient_clip_val:
             # NOTE: read after the optimizer step, which assumes the optimizer leaves .grad as
             # clipping left it (torch.optim's optimizers do).
-            clipped = tensor_norms([p.grad for p in record.params], self.norm_type)
-            scalars["grad_norm/total_clipped"] = combine_norms(clipped, self.norm_type)
+            rows["clipped"] = tensor_norms([p.grad for p in record.params], self.norm_type)
+        return rows
 
-        weight_norms = record.weight_norms
-        if weight_norms is None:
-            return
-        total_weight = combine_norms(weight_norms, self.norm_type)
-        group_weight = grouper(weight_norms)
+    def _step_metrics(self, record: _StepRecord, host: dict[str, list[float]]) -> dict[str, float]:
+        """Turn the per-tensor norms read back to the host into totals and group keys."""
+        if "grad_norm" not in host:
+            return {}
+        layout = self._layout(record.names)
+        shown = layout.names[: self.max_groups]
+        p = self.norm_type
+        metrics = {"grad_norm/total": combine_host_norms(host["grad_norm"], p)}
+        for name, value in zip(shown, layout.group_norms(host["grad_norm"]), strict=False):
+            metrics[f"grad_norm/{name}"] = value
+        if "clipped" in host:
+            metrics["grad_norm/total_clipped"] = combine_host_norms(host["clipped"], p)
+        if "weight_norm" not in host:
+            return metrics
+
+        weight_total = combine_host_norms(host["weight_norm"], p)
+        weight_groups = layout.group_norms(host["weight_norm"])
         if self.log_weight_norm:
-            scalars["weight_norm/total"] = total_weight
-            groups["weight_norm/"] = group_weight
-        if record.weights_before:
-            current = [p.detach() for p in record.params]
-            update_norms = tensor_norms(
-                torch._foreach_sub(current, record.weights_before), self.norm_type
+            metrics["weight_norm/total"] = weight_total
+            for name, value in zip(shown, weight_groups, strict=False):
+                metrics[f"weight_norm/{name}"] = value
+        if "update" in host:
+            metrics["update_ratio/total"] = _ratio(
+                combine_host_norms(host["update"], p), weight_total
             )
-            scalars["update_ratio/total"] = (
-                combine_norms(update_norms, self.norm_type) / total_weight
-            )
-            groups["update_ratio/"] = grouper(update_norms) / group_weight
+            update_groups = layout.group_norms(host["update"])
+            for name, update, weight in zip(shown, update_groups, weight_groups, strict=False):
+                metrics[f"update_ratio/{name}"] = _ratio(update, weight)
+        return metrics
 
-    def _grouper(self, names: list[str], device: torch.device) -> GroupedNorms:
+    def _layout(self, names: list[str]) -> GroupLayout:
         key = tuple(names)
-        grouper = self._groupers.get(key)
-        if grouper is None:
-            groups = group_parameter_names(names, self.group_by)
-            grouper = GroupedNorms(groups, self.norm_type, device)
-            self._groupers[key] = grouper
-            if len(grouper.names) > self.max_groups and not self._warned_cap:
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = GroupLayout(group_parameter_names(names, self.group_by), self.norm_type)
+            self._layouts[key] = layout
+            if len(layout.names) > self.max_groups and not self._warned_cap:
                 rank_zero_warn(
-                    f"{len(grouper.names)} {self.group_by} groups exceed "
+                    f"{len(layout.names)} {self.group_by} groups exceed "
                     f"callbacks.grad_norm.max_groups={self.max_groups}: only the first "
                     f"{self.max_groups} get their own keys (the totals cover all of them)"
                 )
                 self._warned_cap = True
-        self._group_names = grouper.names
-        return grouper
+        return layout
 
-    def _noise_scale_values(self, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
+    def _noise_scale_values(self, trainer: pl.Trainer) -> torch.Tensor | None:
+        """Return ``[B_simple, |G|^2, tr(S)]`` from the moving averages (None before any)."""
         averages = self.noise_ema.averages()
         if averages is None:
-            return {}
+            return None
         if trainer.world_size > 1:
             # Each rank averaged its own small-batch norms; the estimates are linear in them, so
             # the mean over ranks of the averages is the average of the rank-mean estimates.
             averages = trainer.strategy.reduce(averages.clone(), reduce_op="mean")
-        return {
-            "noise_scale/b_simple": b_simple(averages),
-            "noise_scale/grad_sq": averages[0],
-            "noise_scale/trace_sigma": averages[1],
-        }
+        return torch.cat([b_simple(averages).reshape(1), averages])
 
-    def _report_nonfinite(self, count: float) -> None:
-        if count > 0 and self.nonfinite is NonFinitePolicy.WARN:
-            names = _nonfinite_names(self._first_nonfinite_names, self._first_nonfinite_norms)
-            first = names[0] if names else "not recorded"
+    def _report_nonfinite(self, norms: list[float] | None = None) -> None:
+        """Warn (policy "warn") about the parameters recorded since the last log; reset."""
+        if self._nonfinite_norms is None:
+            return
+        if norms is None:
+            norms = self._nonfinite_norms.tolist()
+        names = [
+            n for n, v in zip(self._nonfinite_names, norms, strict=True) if not math.isfinite(v)
+        ]
+        if names and self.nonfinite is NonFinitePolicy.WARN:
             rank_zero_warn(
-                f"{int(count)} optimizer steps since the last log had inf or NaN gradients; at "
-                f"the first, {len(names)} parameter tensors were affected, first {first}. Lower "
-                "the learning rate or clip gradients (trainer.gradient_clip_val)"
+                f"the gradients of {len(names)} parameter tensors held inf or NaN since the last "
+                f"log; the first is {names[0]}. Lower the learning rate or clip gradients "
+                "(trainer.gradient_clip_val)"
             )
-        if self._nonfinite_steps is not None:
-            self._nonfinite_steps = torch.zeros_like(self._nonfinite_steps)
-            self._first_nonfinite_norms = torch.zeros_like(self._first_nonfinite_norms)
+        self._nonfinite_norms = torch.zeros_like(self._nonfinite_norms)
 
     @staticmethod
     def _scaler(trainer: pl.Trainer) -> torch.amp.GradScaler | None:
@@ -459,24 +473,8 @@ class GradNormMonitor(pl.Callback):
             self.noise_ema.load_state_dict(state_dict["noise_ema"])
 
 
-def _to_host(
-    scalars: dict[str, torch.Tensor], groups: dict[str, torch.Tensor], group_names: list[str]
-) -> dict[str, float]:
-    """Copy every value to the host in one transfer; name grouped values ``<prefix><group>``."""
-    tensors = [t.detach().reshape(-1).float() for t in [*scalars.values(), *groups.values()]]
-    if not tensors:
-        return {}
-    flat = torch.cat([t.to(tensors[0].device) for t in tensors]).tolist()
-
-    metrics = dict(zip(scalars, flat, strict=False))
-    position = len(scalars)
-    for prefix, vector in groups.items():
-        values = flat[position : position + vector.numel()]
-        metrics.update(
-            {prefix + name: value for name, value in zip(group_names, values, strict=False)}
-        )
-        position += vector.numel()
-    return metrics
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator != 0.0 else math.nan
 
 
 def _nonfinite_names(names: list[str], norms: torch.Tensor) -> list[str]:

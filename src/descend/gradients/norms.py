@@ -1,7 +1,8 @@
 """p-norms of many tensors at once, per tensor, per group of tensors and in total.
 
-Every function keeps its results on the tensors' device: none of them reads a value back to the
-host, so a caller can compute norms on every step and copy them to the host only when it logs.
+``tensor_norms`` and ``combine_norms`` keep their results on the tensors' device and never read a
+value back to the host, so a caller can compute norms on every step and copy them to the host only
+when it logs. ``GroupLayout`` and ``combine_host_norms`` work on the few floats read back then.
 """
 
 from __future__ import annotations
@@ -28,30 +29,31 @@ def check_norm_type(norm_type: float | int | str) -> float:
 
 
 def tensor_norms(tensors: Sequence[torch.Tensor], norm_type: float) -> torch.Tensor:
-    """Return the p-norm of each tensor as one float32 vector of shape ``(len(tensors),)``.
+    """Return the p-norm of each tensor as one vector of shape ``(len(tensors),)``.
 
-    One fused ``torch._foreach_norm`` call per dtype and device (the same kernel that
-    ``torch.nn.utils.clip_grad_norm_`` uses), computed in float32 so that float16 and bfloat16
-    gradients neither overflow nor lose precision in the sum. An entry is inf or NaN when its
-    tensor holds an inf or NaN (and, for p = 1 or 2, when a float32 sum overflows).
+    One fused ``torch._foreach_norm`` call (the kernel that ``torch.nn.utils.clip_grad_norm_``
+    uses). float16 and bfloat16 tensors are reduced in float32, so their sums neither overflow nor
+    lose precision; the result is float32, or float64 when a tensor is float64. An entry is inf or
+    NaN when its tensor holds an inf or NaN (and, for p = 1 or 2, when a float32 sum overflows).
     """
     if len(tensors) == 0:
         return torch.zeros(0)
-    norms = torch._foreach_norm(list(tensors), norm_type, dtype=torch.float32)
+    tensors = list(tensors)
+    dtypes = {t.dtype for t in tensors}
+    if dtypes & {torch.float16, torch.bfloat16} and torch.float64 not in dtypes:
+        norms = torch._foreach_norm(tensors, norm_type, dtype=torch.float32)
+    else:
+        norms = torch._foreach_norm(tensors, norm_type)
     return torch.stack(norms)
 
 
 def combine_norms(norms: torch.Tensor, norm_type: float, dim: int = -1) -> torch.Tensor:
-    """Return the p-norm of the concatenation of tensors whose p-norms are ``norms``.
+    """Return the p-norm of the concatenation of tensors whose p-norms are ``norms`` (along ``dim``).
 
     ``||(x_1, ..., x_n)||_p = (sum_i ||x_i||_p^p)^(1/p)`` for finite p and ``max_i ||x_i||_inf``
-    for p = inf. The result is not the sum of the norms (except for p = 1).
+    for p = inf: the p-norm of the vector of norms. It is not their sum (except for p = 1).
     """
-    if norm_type == math.inf:
-        return norms.amax(dim=dim)
-    if norm_type == 1.0:
-        return norms.sum(dim=dim)
-    return norms.pow(norm_type).sum(dim=dim).pow(1.0 / norm_type)
+    return torch.linalg.vector_norm(norms, ord=norm_type, dim=dim)
 
 
 def group_parameter_names(names: Sequence[str], group_by: str) -> list[str]:
@@ -70,26 +72,40 @@ def group_parameter_names(names: Sequence[str], group_by: str) -> list[str]:
     return [name.rpartition(".")[0] or name for name in names]
 
 
-class GroupedNorms:
-    """Reduce per-tensor norms to per-group norms with one scatter, on the device.
+def combine_host_norms(norms: Sequence[float], norm_type: float) -> float:
+    """Return the p-norm of a concatenation from its parts' p-norms, in Python floats.
+
+    The same formula as ``combine_norms``, for the few values a logging step reads back, where a
+    Python loop costs less than launching device kernels.
+    """
+    if not norms:
+        return 0.0
+    if norm_type == math.inf:
+        return max(norms)
+    if norm_type == 1.0:
+        return math.fsum(norms)
+    return math.sqrt(math.fsum(value * value for value in norms))
+
+
+class GroupLayout:
+    """Which group (layer or parameter) each tensor belongs to, and the groups' norms.
 
     Args:
         groups: the group name of each tensor, in tensor order (see ``group_parameter_names``).
         norm_type: p of the p-norm: 1.0, 2.0 or inf.
-        device: device of the per-tensor norms this object will receive.
     """
 
-    def __init__(self, groups: Sequence[str], norm_type: float, device: torch.device) -> None:
+    def __init__(self, groups: Sequence[str], norm_type: float) -> None:
         self.norm_type = check_norm_type(norm_type)
         self.names: list[str] = list(dict.fromkeys(groups))
         position = {name: i for i, name in enumerate(self.names)}
-        self.index = torch.tensor([position[g] for g in groups], dtype=torch.long, device=device)
+        self.members: list[list[int]] = [[] for _ in self.names]
+        for tensor_index, group in enumerate(groups):
+            self.members[position[group]].append(tensor_index)
 
-    def __call__(self, norms: torch.Tensor) -> torch.Tensor:
-        """Return the norm of each group, shape ``(len(self.names),)``, from per-tensor ``norms``."""
-        out = torch.zeros(len(self.names), dtype=norms.dtype, device=norms.device)
-        if self.norm_type == math.inf:
-            return out.scatter_reduce_(0, self.index, norms, reduce="amax")
-        if self.norm_type == 1.0:
-            return out.index_add_(0, self.index, norms)
-        return out.index_add_(0, self.index, norms.pow(self.norm_type)).pow(1.0 / self.norm_type)
+    def group_norms(self, norms: Sequence[float]) -> list[float]:
+        """Return each group's norm (in ``self.names`` order) from the per-tensor ``norms``."""
+        return [
+            combine_host_norms([norms[i] for i in members], self.norm_type)
+            for members in self.members
+        ]
