@@ -18,7 +18,6 @@ help: ## List the targets
 # The virtual environment is rebuilt when pyproject.toml is newer than the last install.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 

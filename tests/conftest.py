@@ -43,7 +43,11 @@ def compose_config(
     GlobalHydra.instance().clear()
     all_overrides = [*(QUIET_OVERRIDES if quiet else ()), *overrides]
     if config_name != "train":
-        all_overrides = [o for o in all_overrides if not o.startswith(("~callbacks", "seed=", "trainer.max_epochs"))]
+        all_overrides = [
+            o
+            for o in all_overrides
+            if not o.startswith(("~callbacks", "seed=", "trainer.max_epochs"))
+        ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=all_overrides, return_hydra_config=True)
 
@@ -70,9 +74,16 @@ def make_config(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 def run_command(
-    args: Sequence[str], cwd: Path, env: dict[str, str] | None = None
+    args: Sequence[str], cwd: Path, env: dict[str, str | None] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run a console script of this venv (e.g. ``descend-train``) and capture its output."""
+    """Run a console script of this venv (e.g. ``descend-train``) and capture its output.
+
+    W&B runs offline unless ``env`` sets WANDB_MODE; a ``None`` value in ``env`` unsets that
+    variable.
+    """
     full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {key: value for key, value in full_env.items() if value is not None}
     command = [str(VENV_BIN / args[0]), *args[1:]]
-    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True)
+    return subprocess.run(
+        command, cwd=cwd, env=full_env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )

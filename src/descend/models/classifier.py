@@ -17,7 +17,8 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 class ClassificationModule(pl.LightningModule):
     """Train ``net`` with ``loss`` and log loss and accuracy on every split.
 
-    Logged keys: ``train/loss`` every step, ``train/acc`` per epoch, and ``val/loss``,
+    Logged keys: ``train/loss`` every ``trainer.log_every_n_steps`` optimizer steps, ``train/acc``
+    per epoch, and ``val/loss``,
     ``val/acc``, ``test/loss``, ``test/acc`` per evaluation. Accuracy is torchmetrics'
     micro-averaged ``MulticlassAccuracy``; under DDP it is reduced over all ranks. Values stay on
     the device between logging steps, so the training step itself causes no host sync.
@@ -72,10 +73,29 @@ class ClassificationModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         loss, logits, targets = self._shared_step(batch)
-        self.train_acc(logits, targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        # `update` only accumulates counts; the epoch's accuracy is computed once at its end.
+        self.train_acc.update(logits.detach(), targets)
+        if self._logs_this_step():
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """Return whether the trainer writes this step's metrics to its loggers.
+
+        ``self.log`` costs more than the whole step of a small model on a CPU, so ``train/loss``
+        is logged only on the steps Lightning writes (every ``log_every_n_steps`` optimizer
+        steps). Callbacks that need every step's loss read ``outputs["loss"]`` in
+        ``on_train_batch_end``.
+        """
+        trainer = self.trainer
+        if trainer.fast_dev_run:
+            return True
+        every = trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/acc", self.train_acc.compute())
+        self.train_acc.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         loss, logits, targets = self._shared_step(batch)
