@@ -101,9 +101,12 @@ class GradNormMonitor(pl.Callback):
             already skips such steps, so the policy does not apply there.
 
     Attributes:
-        last_total_norm: the latest total gradient norm as a 0-dim tensor on the training device
-            (``None`` before the first step), updated on every optimizer step that was not
-            skipped. Reading it with ``float()`` costs one host sync.
+        last_total_norm: the total gradient norm of the latest optimizer step as a 0-dim tensor on
+            the training device (``None`` before the first step). It is set in
+            ``on_before_optimizer_step``, so callbacks listed after this one read the current
+            step's value in their own ``on_before_optimizer_step``. It is inf or NaN on a step
+            with non-finite gradients, which the AMP scaler or ``nonfinite="skip"`` then skips.
+            Reading it with ``float()`` costs one host sync.
     """
 
     def __init__(
@@ -228,6 +231,8 @@ class GradNormMonitor(pl.Callback):
         every_n = self.log_every_n_steps or trainer.log_every_n_steps
         log_now = every_n > 0 and (step + 1) % every_n == 0
         record = _StepRecord(step, names, params, norms, total, log_now)
+        if params:
+            self.last_total_norm = total
 
         if params and self._scaler(trainer) is None:
             record.skipped_by_policy = self._check_finite(record, pl_module)
@@ -319,8 +324,6 @@ class GradNormMonitor(pl.Callback):
         skipped = record.skipped_by_policy or not self._step_taken
         if skipped:
             self._skipped_steps += 1
-        elif record.params:
-            self.last_total_norm = record.total
         if record.log_now:
             self._log(trainer, record, skipped)
 
