@@ -121,8 +121,8 @@ def main() -> None:
                 run_dir = Path(tmp) / f"{variant}_{round_index}"
                 results[variant].append(steps_per_second(variant, args.epochs, run_dir))
 
-    # The fastest run of each variant is the one least disturbed by other processes, as timeit
-    # reports the minimum; the median shows how noisy the machine was.
+    # The fastest run of each variant is the one least disturbed by other processes, which is
+    # why timeit reports the minimum. The median shows how noisy the machine was.
     best_baseline = max(results["none"])
     median_baseline = statistics.median(results["none"])
     print(f"torch {torch.__version__}, lightning {pl.__version__}, {args.threads} thread(s)")

@@ -409,7 +409,7 @@ def test_clipping_logs_norm_before_and_after():
     assert metrics["grad_norm/total_clipped"] == pytest.approx(clip, rel=1e-5)
 
 
-def test_accumulation_logs_accumulated_gradient_once_per_step():
+def test_accumulation_logs_once_per_step():
     inputs, targets, weight = least_squares_data(num_samples=32)
     loader = DataLoader(TensorDataset(inputs, targets), batch_size=8)
     logger = RecordingLogger()
@@ -435,7 +435,7 @@ def test_accumulation_logs_accumulated_gradient_once_per_step():
     accumulated = (micro[0] + micro[1]) / 2
     assert rows[0][1]["grad_norm/total"] == pytest.approx(accumulated.norm().item(), rel=1e-5)
 
-    # Noise scale from the micro-batches (B = 8) against the accumulated gradient (B = 16); with
+    # Noise scale from the micro-batches (B = 8) against the accumulated gradient (B = 16). With
     # noise_scale_ema=0 the logged values are the latest step's estimates.
     small_sq = (micro[0].square().sum() + micro[1].square().sum()) / 2
     grad_sq, trace_sigma = estimate_noise_scale(small_sq, accumulated.square().sum(), 8, 16)
@@ -445,7 +445,7 @@ def test_accumulation_logs_accumulated_gradient_once_per_step():
     assert rows[0][1]["noise_scale/b_simple"] == pytest.approx(expected_b_simple, rel=1e-4)
 
 
-def test_bf16_mixed_norm_matches_fp32_closed_form():
+def test_bf16_mixed_matches_closed_form():
     inputs, targets, weight = least_squares_data()
     loader = DataLoader(TensorDataset(inputs, targets), batch_size=32)
     logger = RecordingLogger()
@@ -460,13 +460,13 @@ def test_bf16_mixed_norm_matches_fp32_closed_form():
     )
 
     expected = closed_form_gradient(inputs, targets, weight, 0.2).norm().item()
-    # bfloat16 keeps 8 bits of mantissa: the forward pass is off by up to about 1%.
+    # bfloat16 keeps 8 bits of mantissa, so the forward pass is off by about 1% (an estimate).
     assert logger.rows_with("grad_norm/total")[0][1]["grad_norm/total"] == pytest.approx(
         expected, rel=2e-2
     )
 
 
-def test_fp16_mixed_on_cpu_matches_fp32_closed_form():
+def test_fp16_mixed_cpu_matches_closed_form():
     inputs, targets, weight = least_squares_data()
     loader = DataLoader(TensorDataset(inputs, targets), batch_size=32)
     logger = RecordingLogger()
@@ -483,13 +483,13 @@ def test_fp16_mixed_on_cpu_matches_fp32_closed_form():
 
     expected = closed_form_gradient(inputs, targets, weight, 0.2).norm().item()
     metrics = logger.rows_with("grad_norm/total")[0][1]
-    # The logged norm is of the unscaled gradients; float16 keeps 11 bits of mantissa.
+    # The logged norm is of the unscaled gradients, and float16 keeps 11 bits of mantissa.
     assert metrics["grad_norm/total"] == pytest.approx(expected, rel=1e-2)
     assert metrics["amp/loss_scale"] == 2.0**8
     assert metrics["amp/skipped_steps"] == 0.0
 
 
-def test_fp16_scaler_skips_steps_without_poisoning():
+def test_fp16_skipped_steps_not_logged():
     # A loss scale of 2^24 overflows float16 in the backward pass: the scaler skips steps and
     # halves the scale until the gradients fit.
     inputs, targets, weight = least_squares_data()
@@ -526,7 +526,7 @@ def test_fp16_scaler_skips_steps_without_poisoning():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="16-mixed with a CUDA GradScaler")
-def test_fp16_mixed_norm_matches_fp32_on_cuda():
+def test_fp16_mixed_cuda_matches_closed_form():
     inputs, targets, weight = least_squares_data()
     loader = DataLoader(TensorDataset(inputs, targets), batch_size=32)
     logger = RecordingLogger()
@@ -547,6 +547,6 @@ def test_fp16_mixed_norm_matches_fp32_on_cuda():
 
     expected = closed_form_gradient(inputs, targets, weight, 0.2).norm().item()
     metrics = logger.rows_with("grad_norm/total")[0][1]
-    # float16 keeps 11 bits of mantissa; the norm of the unscaled gradients is within 1%.
+    # float16 keeps 11 bits of mantissa, so the norm of the unscaled gradients is within 1%.
     assert metrics["grad_norm/total"] == pytest.approx(expected, rel=1e-2)
     assert metrics["amp/loss_scale"] > 1.0

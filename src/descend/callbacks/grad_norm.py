@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 class NonFinitePolicy(str, Enum):
-    """What the callback does when a gradient holds inf or NaN (outside 16-bit AMP)."""
+    """Action taken when a gradient contains inf or NaN (outside 16-bit AMP)."""
 
     WARN = "warn"
     SKIP = "skip"
@@ -37,7 +37,7 @@ class NonFinitePolicy(str, Enum):
 
 @dataclass
 class _StepRecord:
-    """What ``on_before_optimizer_step`` measured, finished after the optimizer step."""
+    """Measurements of one optimizer step, taken before it and finished after it."""
 
     step: int
     names: list[str]
@@ -86,7 +86,7 @@ class GradNormMonitor(pl.Callback):
         norm_type: p of the p-norm: 1, 2 or ``"inf"``. The noise scale always uses p = 2.
         group_by: ``"layer"`` (one key per module, the default) or ``"parameter"`` (one key per
             parameter tensor, such as ``net.layers.0.weight``).
-        max_groups: the most per-group keys logged under each prefix; further groups are left
+        max_groups: maximum number of per-group keys logged under each prefix; further groups are left
             out (in parameter order) with a warning. ``total`` keys are always logged.
         log_every_n_steps: optimizer steps between two logs; ``None`` follows
             ``trainer.log_every_n_steps``, so the values line up with ``train/loss``.
@@ -251,7 +251,7 @@ class GradNormMonitor(pl.Callback):
             self._report_nonfinite()
             self._nonfinite_norms = torch.zeros_like(record.norms)
             self._nonfinite_names = record.names
-        # torch.maximum keeps any inf and propagates NaN, so the next log knows which parameters
+        # torch.maximum keeps any inf and propagates NaN, so the next log finds which parameters
         # had non-finite gradients without a host sync on this step.
         self._nonfinite_norms = torch.maximum(self._nonfinite_norms, record.norms)
 
@@ -286,13 +286,13 @@ class GradNormMonitor(pl.Callback):
         if micro_sq_sum is None or num_micro * world_size < 2:
             return
         if len(set(batch_sizes)) != 1:
-            # NOTE: micro-batches of unequal size (the end of an epoch) are left out; the ranks'
+            # Micro-batches of unequal size (the end of an epoch) are left out. NOTE: the ranks'
             # batch sizes are assumed equal, as the project's loaders make them.
             return
 
         # Lightning divides the loss by accumulate_grad_batches, so each micro-batch gradient and
-        # the accumulated .grad are 1/k of their means; a 16-bit AMP scaler multiplies the
-        # micro-batch gradients by its scale (the .grad here is already unscaled).
+        # the accumulated .grad are 1/k of their means. A 16-bit AMP scaler also multiplies the
+        # micro-batch gradients by its scale, while the .grad here is already unscaled.
         k = trainer.accumulate_grad_batches
         small_sq = micro_sq_sum * (k * k) / num_micro
         scaler = self._scaler(trainer)
@@ -328,8 +328,8 @@ class GradNormMonitor(pl.Callback):
             self._log(trainer, record, skipped)
 
     def _log(self, trainer: pl.Trainer, record: _StepRecord, skipped: bool) -> None:
-        # Everything this step logs goes to the host in one transfer; the few per-tensor values
-        # are then combined into totals and groups in Python, cheaper than more device kernels.
+        # Everything this step logs goes to the host in one transfer. The few per-tensor values
+        # are then combined into totals and groups in Python, which costs less than more kernels.
         rows: dict[str, torch.Tensor] = {}
         if record.params and not skipped:
             rows.update(self._per_tensor_rows(trainer, record))
@@ -394,10 +394,10 @@ class GradNormMonitor(pl.Callback):
         if "grad_norm" not in host:
             return {}
         layout = self._layout(record.names)
-        shown = layout.names[: self.max_groups]
+        logged_groups = layout.names[: self.max_groups]
         p = self.norm_type
         metrics = {"grad_norm/total": combine_host_norms(host["grad_norm"], p)}
-        for name, value in zip(shown, layout.group_norms(host["grad_norm"]), strict=False):
+        for name, value in zip(logged_groups, layout.group_norms(host["grad_norm"]), strict=False):
             metrics[f"grad_norm/{name}"] = value
         if "clipped" in host:
             metrics["grad_norm/total_clipped"] = combine_host_norms(host["clipped"], p)
@@ -408,14 +408,16 @@ class GradNormMonitor(pl.Callback):
         weight_groups = layout.group_norms(host["weight_norm"])
         if self.log_weight_norm:
             metrics["weight_norm/total"] = weight_total
-            for name, value in zip(shown, weight_groups, strict=False):
+            for name, value in zip(logged_groups, weight_groups, strict=False):
                 metrics[f"weight_norm/{name}"] = value
         if "update" in host:
             metrics["update_ratio/total"] = _ratio(
                 combine_host_norms(host["update"], p), weight_total
             )
             update_groups = layout.group_norms(host["update"])
-            for name, update, weight in zip(shown, update_groups, weight_groups, strict=False):
+            for name, update, weight in zip(
+                logged_groups, update_groups, weight_groups, strict=False
+            ):
                 metrics[f"update_ratio/{name}"] = _ratio(update, weight)
         return metrics
 
@@ -440,7 +442,7 @@ class GradNormMonitor(pl.Callback):
         if averages is None:
             return None
         if trainer.world_size > 1:
-            # Each rank averaged its own small-batch norms; the estimates are linear in them, so
+            # Each rank averaged its own small-batch norms. The estimates are linear in them, so
             # the mean over ranks of the averages is the average of the rank-mean estimates.
             averages = trainer.strategy.reduce(averages.clone(), reduce_op="mean")
         return torch.cat([b_simple(averages).reshape(1), averages])

@@ -42,7 +42,7 @@ def estimate_noise_scale(
 class NoiseScaleEMA:
     """Exponential moving averages of the ``|G|^2`` and ``tr(S)`` estimates, kept on the device.
 
-    ``update`` skips (without a host sync) a measurement that holds inf or NaN, such as the one of
+    ``update`` skips (without a host sync) a measurement that contains inf or NaN, such as the one of
     a step that the AMP gradient scaler skipped. The averages are bias-corrected as in Adam, so the
     first value is the first estimate rather than ``(1 - decay)`` times it.
 
