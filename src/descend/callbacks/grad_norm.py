@@ -86,8 +86,8 @@ class GradNormMonitor(pl.Callback):
         norm_type: p of the p-norm: 1, 2 or ``"inf"``. The noise scale always uses p = 2.
         group_by: ``"layer"`` (one key per module, the default) or ``"parameter"`` (one key per
             parameter tensor, such as ``net.layers.0.weight``).
-        max_groups: maximum number of per-group keys logged under each prefix; further groups are left
-            out (in parameter order) with a warning. ``total`` keys are always logged.
+        max_groups: maximum number of per-group keys logged under each prefix. Further groups
+            (in parameter order) are left out with a warning; ``total`` keys cover them all.
         log_every_n_steps: optimizer steps between two logs; ``None`` follows
             ``trainer.log_every_n_steps``, so the values line up with ``train/loss``.
         log_weight_norm: log ``weight_norm/...``.
@@ -371,7 +371,7 @@ class GradNormMonitor(pl.Callback):
                 logger.log_metrics(metrics, step=record.step)
 
     def _per_tensor_rows(self, trainer: pl.Trainer, record: _StepRecord) -> dict[str, torch.Tensor]:
-        """Return the per-tensor norms to log: gradients, and weights, updates, clipped gradients."""
+        """Return the per-tensor norms to log: gradients, weights, updates and clipped gradients."""
         rows = {"grad_norm": record.norms}
         if record.weights_before is not None:
             parts = list(record.weights_before)

@@ -42,9 +42,9 @@ def estimate_noise_scale(
 class NoiseScaleEMA:
     """Exponential moving averages of the ``|G|^2`` and ``tr(S)`` estimates, kept on the device.
 
-    ``update`` skips (without a host sync) a measurement that contains inf or NaN, such as the one of
-    a step that the AMP gradient scaler skipped. The averages are bias-corrected as in Adam, so the
-    first value is the first estimate rather than ``(1 - decay)`` times it.
+    ``update`` skips (without a host sync) a measurement that contains inf or NaN, such as the
+    one of a step that the AMP gradient scaler skipped. The averages are bias-corrected as in Adam,
+    so the first value is the first estimate rather than ``(1 - decay)`` times it.
 
     Args:
         decay: weight of the past in each update, in [0, 1); 0 keeps only the latest estimate.

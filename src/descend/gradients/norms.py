@@ -48,7 +48,7 @@ def tensor_norms(tensors: Sequence[torch.Tensor], norm_type: float) -> torch.Ten
 
 
 def combine_norms(norms: torch.Tensor, norm_type: float, dim: int = -1) -> torch.Tensor:
-    """Return the p-norm of the concatenation of tensors whose p-norms are ``norms`` (along ``dim``).
+    """Return the p-norm of a concatenation of tensors whose p-norms are ``norms`` (along ``dim``).
 
     ``||(x_1, ..., x_n)||_p = (sum_i ||x_i||_p^p)^(1/p)`` for finite p and ``max_i ||x_i||_inf``
     for p = inf: the p-norm of the vector of norms. It is not their sum (except for p = 1).
