@@ -1,6 +1,7 @@
 """Callbacks that watch gradient descent while it runs."""
 
 from descend.callbacks.convergence import ConvergenceDetection
+from descend.callbacks.grad_norm import GradNormMonitor, NonFinitePolicy
 from descend.callbacks.run_config import StoreRunConfig
 
-__all__ = ["ConvergenceDetection", "StoreRunConfig"]
+__all__ = ["ConvergenceDetection", "GradNormMonitor", "NonFinitePolicy", "StoreRunConfig"]
