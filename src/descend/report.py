@@ -8,9 +8,9 @@ experiment the runs were started with (``experiment=<name>``), and writes into
 * ``<experiment>_<figure>.png``: the summary figures;
 * ``<experiment>.md`` and ``<experiment>.csv``: the table, one row per run.
 
-No W&B account is needed. When the runs also logged to W&B, the figures and the table are logged
-to one more W&B run (job type ``report``, grouped under the multirun's name) in the same mode:
-offline runs give an offline report run, which ``make sync`` uploads with the others.
+No W&B account is needed. When the runs also logged to W&B, the figures and the table go to one
+more W&B run (job type ``report``, grouped under the multirun's name) in the same mode. So offline
+runs give an offline report run, which ``make sync`` uploads with the others.
 """
 
 from __future__ import annotations

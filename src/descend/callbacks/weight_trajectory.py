@@ -18,9 +18,9 @@ TRAJECTORY_FILE = "trajectory.npz"
 class WeightTrajectory(pl.Callback):
     """Keep the flat weights before the first step and after every optimizer step.
 
-    Meant for models with a handful of parameters (a loss surface drawn in the weights
-    themselves, with no projection): the memory is ``4 * num_parameters * (steps + 1)`` bytes,
-    and the callback raises at the start of fit when the model has more than
+    Meant for models with a handful of parameters, whose loss surface is drawn in the weights
+    themselves with no projection. The snapshots take ``8 * num_parameters * (steps + 1)``
+    bytes (float64), and the callback raises at the start of fit when the model has more than
     ``max_parameters`` parameters. At the end of fit rank 0 writes ``output_dir/trajectory.npz``
     with ``steps`` (``[T]``, ``trainer.global_step`` of each row), ``weights`` (``[T, P]``,
     float64) and ``names`` (the ``P`` parameter names, in ``named_parameters`` order).

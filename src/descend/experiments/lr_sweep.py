@@ -51,8 +51,9 @@ def run_row(run: Run) -> dict:
 
 
 def plot_summary(runs: list[Run], rows: list[dict]) -> Figure:
-    """Left: training loss against steps per rate, crosses at divergence; right: the loss along
-    a random line through the final weights (alpha 0 is the final point)."""
+    """Draw the training loss against steps per rate, with a cross at each divergence (left),
+    and the loss along a random line through the final weights, alpha 0 being the final point
+    (right)."""
     figure = Figure(figsize=(12, 4.5))
     left, right = figure.subplots(1, 2)
     colours = colormaps["viridis"]

@@ -55,8 +55,8 @@ class Run:
 
 @dataclass
 class Summary:
-    """What a report shows for one multirun: a table (one dict per row, same keys in every
-    row where known) and named figures."""
+    """Report contents for one multirun: table rows (one dict per row, the same keys in every
+    row where known) and figures by name."""
 
     rows: list[dict[str, Any]]
     figures: dict[str, Any]

@@ -100,7 +100,7 @@ def load_paths(runs: list[Run]) -> list[Path2D]:
 
 
 def grid_extent(paths: list[Path2D], minimum: float = 2.5) -> float:
-    """Return a half-width that holds every path, and at least ``minimum``."""
+    """Return a half-width that contains every path, and at least ``minimum``."""
     largest = max((float(np.abs(p.weights).max()) for p in paths), default=0.0)
     return max(minimum, 1.1 * largest)
 
