@@ -34,7 +34,10 @@ class Run:
 
     @property
     def batch_size(self) -> int:
-        return int(self.config.data.batch_size)
+        """Samples per optimizer step on one process: ``data.batch_size`` times
+        ``trainer.accumulate_grad_batches``."""
+        accumulation = int(self.config.get("trainer", {}).get("accumulate_grad_batches") or 1)
+        return int(self.config.data.batch_size) * accumulation
 
     @property
     def learning_rate(self) -> float:
