@@ -8,11 +8,12 @@ import math
 from collections import defaultdict
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from descend.convergence import ConvergenceReason
+from descend.convergence.plots import MARKERS
 from descend.convergence.plots import load_run as load_loss_curve
-from descend.convergence.plots import plot_loss_vs_epochs
 from descend.experiments.runs import Run, Summary
 
 NOISE_SCALE_KEY = "noise_scale/b_simple"
@@ -75,13 +76,45 @@ def _steps_per_epoch(curve) -> float:
     return index / curve.epochs[index]
 
 
+def epoch_mean_losses(curve) -> tuple[np.ndarray, np.ndarray]:
+    """Return the end of each epoch (1, 2, ...) and the mean training loss of its steps."""
+    bins = np.floor(curve.epochs + 1e-9).astype(int)
+    epochs = np.unique(bins)
+    means = np.array([curve.losses[bins == epoch].mean() for epoch in epochs])
+    return epochs + 1, means
+
+
+def plot_epoch_losses(runs: list[Run], ax) -> None:
+    """Draw each run's training loss averaged over each epoch (one colour per batch size) and
+    mark the detections of the convergence callback at their epochs."""
+    sizes = sorted({run.batch_size for run in runs}, reverse=True)
+    colours = {size: colormaps["tab10"](index) for index, size in enumerate(sizes)}
+    labelled = set()
+    for run in runs:
+        curve = load_loss_curve(run.path)
+        epochs, means = epoch_mean_losses(curve)
+        colour = colours[run.batch_size]
+        label = None if run.batch_size in labelled else f"batch size {run.batch_size}"
+        labelled.add(run.batch_size)
+        ax.plot(epochs, means, color=colour, linewidth=1.2, alpha=0.8, label=label)
+        for epoch, reason in curve.detections:
+            loss = float(np.interp(epoch, epochs, means))
+            ax.plot(epoch, loss, MARKERS[reason], color=colour, markeredgecolor="black")
+    for reason, marker in MARKERS.items():
+        ax.plot([], [], marker, color="grey", markeredgecolor="black", label=reason.value)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (mean over the epoch)")
+    ax.set_title("Training loss; markers: detections")
+    ax.legend(fontsize=7, ncol=2)
+
+
 def plot_summary(runs: list[Run], rows: list[dict]) -> Figure:
     """Three panels: loss against epochs with detections, final losses per batch size, and the
     epoch of the first convergence detection per batch size."""
     figure = Figure(figsize=(15, 4.5))
     left, middle, right = figure.subplots(1, 3)
-    plot_loss_vs_epochs([run.path for run in runs], ax=left)
-    left.set_title("Training loss; markers: detections")
+    plot_epoch_losses(runs, left)
 
     by_size: dict[int, list[dict]] = defaultdict(list)
     for row in rows:
