@@ -1,0 +1,371 @@
+"""Loss and accuracy of a model at many points of parameter space.
+
+Two ways to evaluate a set of points, both with the model in eval mode and without autograd:
+
+* ``vmap``: ``torch.func.functional_call`` under ``torch.func.vmap`` over a chunk of stacked
+  parameter sets, so one forward pass serves ``chunk_size`` points. The model's own tensors are
+  never written.
+* ``loop``: copy each point's weights into the model and run it; the weights, buffers and
+  flags are restored bit for bit afterwards.
+
+``method="auto"`` times both on the first points and keeps the faster one for that model shape,
+device and batch shape (the choice is cached for the process).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from descend.landscape.parameters import ParameterSpace, write_parameters
+from descend.landscape.state import preserved_model_state
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+# Maps a 1-D tensor of point indices to the flat weights of those points, [len(indices), size].
+WeightSource = Callable[[torch.Tensor], torch.Tensor]
+
+_METHOD_CACHE: dict[tuple, str] = {}
+METHODS = ("auto", "vmap", "loop")
+
+
+class BatchNormMode(str, Enum):
+    """Statistics used by BatchNorm layers at each point.
+
+    ``trained``: the running statistics of the trained model, unchanged. ``recompute``: reset
+    and re-estimated at every point from ``bn_batches`` (cumulative average, train mode), which
+    forces the ``loop`` method and costs ``len(bn_batches)`` extra forward passes per point.
+    """
+
+    TRAINED = "trained"
+    RECOMPUTE = "recompute"
+
+
+@dataclass(frozen=True)
+class PointMetrics:
+    """Per-point results, each an array of shape ``[num_points]``.
+
+    ``loss`` is the sample-weighted mean of the per-batch losses (the loss over all evaluation
+    samples for a mean-reduced loss). ``standard_error`` is the standard error of that mean
+    estimated from the spread of the per-batch losses (NaN with a single batch). ``accuracy`` is
+    the share of samples whose arg-max output equals the integer target (NaN for floating point
+    targets).
+    """
+
+    loss: np.ndarray
+    accuracy: np.ndarray
+    standard_error: np.ndarray
+
+
+def make_eval_batches(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    num_samples: int | None,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> list[Batch]:
+    """Return a fixed evaluation subset, moved to ``device`` once and cut into batches.
+
+    The subset is ``num_samples`` samples drawn without replacement by a private generator
+    seeded with ``seed`` (all samples, in a seeded order, for ``None`` or a larger number).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size={batch_size} is invalid: it must be a positive integer")
+    total = inputs.shape[0]
+    if num_samples is not None and num_samples <= 0:
+        raise ValueError(
+            f"num_samples={num_samples} is invalid: it must be a positive integer or null for "
+            f"all {total} samples"
+        )
+    count = total if num_samples is None else min(num_samples, total)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(total, generator=generator)[:count]
+    subset_inputs = inputs.detach().cpu()[chosen].to(device)
+    subset_targets = targets.detach().cpu()[chosen].to(device)
+    return list(zip(subset_inputs.split(batch_size), subset_targets.split(batch_size), strict=True))
+
+
+def plane_weights(
+    origin: torch.Tensor, directions: torch.Tensor, coefficients: torch.Tensor
+) -> WeightSource:
+    """Weights ``origin + coefficients[i] @ directions`` for point ``i``.
+
+    ``directions`` is ``[k, size]`` and ``coefficients`` ``[num_points, k]``.
+    """
+
+    def weights(indices: torch.Tensor) -> torch.Tensor:
+        chunk = coefficients[indices.to(coefficients.device)].to(directions)
+        return origin.unsqueeze(0) + chunk @ directions
+
+    return weights
+
+
+def stacked_weights(vectors: torch.Tensor, device: torch.device | str) -> WeightSource:
+    """Weights ``vectors[i]`` for point ``i`` (``vectors`` may stay on the CPU)."""
+
+    def weights(indices: torch.Tensor) -> torch.Tensor:
+        return vectors[indices.to(vectors.device)].to(device, torch.float32)
+
+    return weights
+
+
+def evaluate_points(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batches: Sequence[Batch],
+    weights: WeightSource,
+    num_points: int,
+    method: str = "auto",
+    chunk_size: int = 32,
+    bn_mode: str | BatchNormMode = BatchNormMode.TRAINED,
+    bn_batches: Sequence[Batch] = (),
+) -> PointMetrics:
+    """Evaluate ``loss_fn(model(x), y)`` over ``batches`` at ``num_points`` weight vectors.
+
+    The model is left exactly as it was: parameters, buffers, ``training`` and
+    ``requires_grad`` flags. ``chunk_size`` is the number of points per vmapped forward pass;
+    its memory is about ``chunk_size`` times the activations of one batch.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is invalid: use one of {METHODS}")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size={chunk_size} is invalid: it must be a positive integer")
+    if not batches:
+        raise ValueError("batches is empty: pass at least one (inputs, targets) batch")
+    bn_mode = BatchNormMode(bn_mode)
+    if bn_mode is BatchNormMode.RECOMPUTE and not bn_batches:
+        raise ValueError(
+            "bn_mode='recompute' needs bn_batches: pass the training batches to re-estimate "
+            "the BatchNorm statistics from"
+        )
+    has_bn = any(isinstance(m, _BatchNorm) for m in model.modules())
+    if bn_mode is BatchNormMode.RECOMPUTE and has_bn:
+        method = "loop"
+
+    space = ParameterSpace.of(model)
+    sizes = torch.tensor([len(targets) for _, targets in batches], dtype=torch.float64)
+    losses = torch.empty(num_points, len(batches), dtype=torch.float64)
+    correct = torch.zeros(num_points, dtype=torch.float64)
+    classification = not batches[0][1].is_floating_point()
+    recompute = bn_batches if bn_mode is BatchNormMode.RECOMPUTE and has_bn else ()
+
+    with preserved_model_state(model), torch.no_grad():
+        model.eval()
+        start = 0
+        if method == "auto":
+            method, start = _choose_method(
+                model, space, loss_fn, batches, weights, num_points, chunk_size, losses, correct
+            )
+        for first in range(start, num_points, chunk_size):
+            indices = torch.arange(first, min(first + chunk_size, num_points))
+            if method == "vmap":
+                chunk_losses, chunk_correct = _evaluate_vmap(
+                    model, space, loss_fn, batches, weights(indices)
+                )
+            else:
+                chunk_losses, chunk_correct = _evaluate_loop(
+                    model, space, loss_fn, batches, weights(indices), recompute
+                )
+            losses[indices] = chunk_losses
+            correct[indices] = chunk_correct
+
+    return _summarise(losses, correct, sizes, classification)
+
+
+def _summarise(
+    losses: torch.Tensor, correct: torch.Tensor, sizes: torch.Tensor, classification: bool
+) -> PointMetrics:
+    shares = sizes / sizes.sum()
+    mean = losses @ shares
+    num_batches = len(sizes)
+    if num_batches > 1:
+        spread = ((losses - mean.unsqueeze(1)) ** 2) @ (shares**2)
+        standard_error = torch.sqrt(spread * num_batches / (num_batches - 1))
+    else:
+        standard_error = torch.full_like(mean, float("nan"))
+    if classification:
+        accuracy = correct / sizes.sum()
+    else:
+        accuracy = torch.full_like(mean, float("nan"))
+    return PointMetrics(mean.numpy(), accuracy.numpy(), standard_error.numpy())
+
+
+def _count_correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if targets.is_floating_point() or outputs.ndim < 2:
+        return torch.zeros((), device=outputs.device)
+    return (outputs.argmax(dim=-1) == targets).sum()
+
+
+def _evaluate_vmap(model, space, loss_fn, batches, flat_weights):
+    buffers = dict(model.named_buffers())
+
+    def point(parameters, inputs, targets):
+        outputs = torch.func.functional_call(model, (parameters, buffers), (inputs,))
+        return loss_fn(outputs, targets), _count_correct(outputs, targets)
+
+    mapped = torch.func.vmap(point, in_dims=(0, None, None))
+    parameters = space.unflatten(flat_weights)
+    losses, correct = [], 0
+    for inputs, targets in batches:
+        batch_loss, batch_correct = mapped(parameters, inputs, targets)
+        losses.append(batch_loss.double().cpu())
+        correct = correct + batch_correct.double().cpu()
+    return torch.stack(losses, dim=1), correct
+
+
+def _evaluate_loop(model, space, loss_fn, batches, flat_weights, bn_batches):
+    losses = torch.empty(flat_weights.shape[0], len(batches), dtype=torch.float64)
+    correct = torch.zeros(flat_weights.shape[0], dtype=torch.float64)
+    for row, vector in enumerate(flat_weights):
+        write_parameters(model, space, vector)
+        if bn_batches:
+            _reestimate_batch_norm(model, bn_batches)
+        point_losses = []
+        point_correct = 0
+        for inputs, targets in batches:
+            outputs = model(inputs)
+            point_losses.append(loss_fn(outputs, targets))
+            point_correct = point_correct + _count_correct(outputs, targets)
+        losses[row] = torch.stack(point_losses).double().cpu()
+        correct[row] = float(point_correct)
+    return losses, correct
+
+
+def _reestimate_batch_norm(model: nn.Module, bn_batches: Sequence[Batch]) -> None:
+    """Replace every BatchNorm layer's running statistics by their cumulative average over
+    ``bn_batches`` at the current weights (momentum ``None``), then return to eval mode."""
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+        layer.train()
+    for inputs, _ in bn_batches:
+        model(inputs)
+    for layer in layers:
+        layer.eval()
+
+
+def _choose_method(
+    model, space, loss_fn, batches, weights, num_points, chunk_size, losses, correct
+):
+    """Time both methods on the first chunk; return the faster and the next unevaluated point."""
+    device = next(model.parameters()).device
+    key = (type(model), space.shapes, device.type, tuple(b[0].shape for b in batches), chunk_size)
+    if key in _METHOD_CACHE:
+        return _METHOD_CACHE[key], 0
+
+    indices = torch.arange(min(chunk_size, num_points))
+    flat = weights(indices)
+    try:
+        _synchronize(device)
+        started = time.perf_counter()
+        chunk_losses, chunk_correct = _evaluate_vmap(model, space, loss_fn, batches, flat)
+        _synchronize(device)
+        vmap_seconds = (time.perf_counter() - started) / len(indices)
+    except Exception as error:  # noqa: BLE001 - any failure means this model cannot be vmapped
+        log.info("vmap evaluation failed (%s: %s): using the loop", type(error).__name__, error)
+        _METHOD_CACHE[key] = "loop"
+        return "loop", 0
+    losses[indices] = chunk_losses
+    correct[indices] = chunk_correct
+
+    probe = flat[: min(4, len(indices))]
+    started = time.perf_counter()
+    _evaluate_loop(model, space, loss_fn, batches, probe, ())
+    _synchronize(device)
+    loop_seconds = (time.perf_counter() - started) / len(probe)
+
+    method = "vmap" if vmap_seconds <= loop_seconds else "loop"
+    log.info(
+        "Landscape evaluation on %s: vmap %.2f ms/point, loop %.2f ms/point: using %s",
+        device.type,
+        vmap_seconds * 1e3,
+        loop_seconds * 1e3,
+        method,
+    )
+    _METHOD_CACHE[key] = method
+    return method, len(indices)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Evaluator:
+    """A model, a loss, a fixed evaluation subset and how to evaluate points on it.
+
+    With ``distributed=True`` and an initialised ``torch.distributed`` process group, each rank
+    evaluates the points ``rank, rank + world_size, ...`` and the results are gathered on every
+    rank (``all_gather_object``), so all ranks return the full result.
+    """
+
+    model: nn.Module
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    batches: Sequence[Batch]
+    method: str = "auto"
+    chunk_size: int = 32
+    bn_mode: str | BatchNormMode = BatchNormMode.TRAINED
+    bn_batches: Sequence[Batch] = ()
+    distributed: bool = True
+
+    def __call__(self, weights: WeightSource, num_points: int) -> PointMetrics:
+        rank, world_size = _distribution() if self.distributed else (0, 1)
+        if world_size == 1:
+            return self._evaluate(weights, num_points)
+
+        own = torch.arange(rank, num_points, world_size)
+        part = self._evaluate(lambda indices: weights(own[indices]), len(own))
+        gathered: list = [None] * world_size
+        torch.distributed.all_gather_object(gathered, (own.numpy(), part))
+
+        merged = {name: np.empty(num_points) for name in ("loss", "accuracy", "standard_error")}
+        for indices, metrics in gathered:
+            for name, array in merged.items():
+                array[indices] = getattr(metrics, name)
+        return PointMetrics(**merged)
+
+    def _evaluate(self, weights: WeightSource, num_points: int) -> PointMetrics:
+        if num_points == 0:
+            return PointMetrics(np.empty(0), np.empty(0), np.empty(0))
+        return evaluate_points(
+            self.model,
+            self.loss_fn,
+            self.batches,
+            weights,
+            num_points,
+            method=self.method,
+            chunk_size=self.chunk_size,
+            bn_mode=self.bn_mode,
+            bn_batches=self.bn_batches,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def settings(self) -> dict:
+        """The evaluation settings stored with every result."""
+        return {
+            "num_samples": int(sum(len(targets) for _, targets in self.batches)),
+            "num_batches": len(self.batches),
+            "bn_mode": BatchNormMode(self.bn_mode).value,
+            "num_bn_batches": len(self.bn_batches),
+        }
+
+
+def _distribution() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
