@@ -267,6 +267,9 @@ def _choose_method(
     indices = torch.arange(min(chunk_size, num_points))
     flat = weights(indices)
     try:
+        # The first vmapped call pays a one-off set-up cost (about 0.3 s on a CPU), which
+        # would bias the timing against vmap.
+        _evaluate_vmap(model, space, loss_fn, batches[:1], flat[:1])
         _synchronize(device)
         started = time.perf_counter()
         chunk_losses, chunk_correct = _evaluate_vmap(model, space, loss_fn, batches, flat)
@@ -280,6 +283,8 @@ def _choose_method(
     correct[indices] = chunk_correct
 
     probe = flat[: min(4, len(indices))]
+    _evaluate_loop(model, space, loss_fn, batches[:1], probe[:1], ())
+    _synchronize(device)
     started = time.perf_counter()
     _evaluate_loop(model, space, loss_fn, batches, probe, ())
     _synchronize(device)

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from descend.landscape.results import Curve, Surface
 
-DPI = 100
+DPI = 90
 
 
 def _new_figure(size: tuple[float, float]) -> Figure:
@@ -30,7 +30,7 @@ def _log_levels(values: np.ndarray, count: int = 24) -> np.ndarray:
 
 def contour_figure(surface: Surface, title: str | None = None) -> Figure:
     """Filled contour of the loss (log-spaced levels) with the projected trajectory, if any."""
-    figure = _new_figure((6.0, 5.0))
+    figure = _new_figure((6.0, 5.5 if surface.trajectory is not None else 5.0))
     axes = figure.add_subplot()
     levels = _log_levels(surface.loss)
     filled = axes.contourf(
@@ -40,22 +40,42 @@ def contour_figure(surface: Surface, title: str | None = None) -> Figure:
         surface.x, surface.y, surface.loss, levels=levels[::3], colors="white", linewidths=0.5
     )
     figure.colorbar(filled, ax=axes, label="loss", format="%.3g")
-    axes.plot(0, 0, marker="*", color="red", markersize=12, linestyle="none", label="final")
+    axes.plot(
+        0,
+        0,
+        marker="*",
+        color="red",
+        markersize=14,
+        markeredgecolor="black",
+        linestyle="none",
+        label="final",
+        zorder=5,
+    )
 
     if surface.trajectory is not None:
         path = surface.trajectory.coordinates
         axes.plot(path[:, 0], path[:, 1], color="white", linewidth=1.0)
-        axes.scatter(
+        points = axes.scatter(
             path[:, 0], path[:, 1], c=surface.trajectory.steps, cmap="autumn", s=12, zorder=3
         )
+        figure.colorbar(points, ax=axes, label="step", location="bottom", shrink=0.6, aspect=40)
         axes.plot(
-            path[0, 0], path[0, 1], marker="o", color="orange", linestyle="none", label="start"
+            path[0, 0],
+            path[0, 1],
+            marker="o",
+            color="white",
+            markeredgecolor="black",
+            markersize=9,
+            linestyle="none",
+            label="start",
+            zorder=4,
         )
-        residual = np.nanmax(surface.trajectory.residual)
+        residual = surface.trajectory.residual
         axes.text(
             0.02,
             0.02,
-            f"max off-plane residual {residual:.2f}",
+            f"off-plane residual: median {np.nanmedian(residual):.2f}, "
+            f"max {np.nanmax(residual):.2f}",
             transform=axes.transAxes,
             color="white",
             fontsize=8,
@@ -75,8 +95,8 @@ def surface_figure(surface: Surface, title: str | None = None) -> Figure:
     axes = figure.add_subplot(projection="3d")
     grid_x, grid_y = np.meshgrid(surface.x, surface.y, indexing="xy")
     axes.plot_surface(grid_x, grid_y, np.log10(surface.loss), cmap="viridis", linewidth=0)
-    axes.set_xlabel(_axis_label(surface, 0))
-    axes.set_ylabel(_axis_label(surface, 1))
+    axes.set_xlabel(_axis_label(surface, 0, short=True))
+    axes.set_ylabel(_axis_label(surface, 1, short=True))
     axes.set_zlabel("log10 loss")
     axes.set_title(title or _surface_title(surface), fontsize=10)
     return figure
@@ -129,7 +149,9 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     return path
 
 
-def _axis_label(surface: Surface, axis: int) -> str:
+def _axis_label(surface: Surface, axis: int, short: bool = False) -> str:
+    if short:
+        return f"PC{axis + 1}" if surface.kind == "trajectory" else f"direction {axis + 1}"
     if surface.kind == "trajectory" and surface.explained_variance_ratio is not None:
         share = 100 * float(surface.explained_variance_ratio[axis])
         return f"PC{axis + 1} ({share:.1f}% of the path's variance)"
