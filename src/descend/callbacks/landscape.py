@@ -27,6 +27,7 @@ from descend.landscape.state import preserved_model_state, preserved_rng_state
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+SNAPSHOTS_FILE = "snapshots.npz"
 
 
 class LossLandscape(pl.Callback):
@@ -69,6 +70,8 @@ class LossLandscape(pl.Callback):
         method: ``auto``, ``vmap`` or ``loop``, see :mod:`descend.landscape.evaluation`.
         chunk_size: grid points per vmapped forward pass.
         save_figures: draw PNG figures (about 0.2 s each).
+        save_snapshots: write the snapshots to ``snapshots.npz`` at the end of fit (float32,
+            at most ``snapshot_memory_mb``), so ``descend-landscape`` can redraw the path.
         loss_fn: loss of ``(outputs, targets)``; ``None`` uses the module's ``loss`` attribute.
     """
 
@@ -95,6 +98,7 @@ class LossLandscape(pl.Callback):
         method: str = "auto",
         chunk_size: int = 32,
         save_figures: bool = True,
+        save_snapshots: bool = True,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if split not in SPLITS:
@@ -143,6 +147,7 @@ class LossLandscape(pl.Callback):
         self.method = method
         self.chunk_size = chunk_size
         self.save_figures = save_figures
+        self.save_snapshots = save_snapshots
         self.loss_fn = loss_fn
 
         self.interval = snapshot_every_n_steps
@@ -223,6 +228,8 @@ class LossLandscape(pl.Callback):
                 evaluator, self.settings, initial=snapshots[0], snapshots=snapshots, steps=steps
             )
             if trainer.is_global_zero:
+                if self.save_snapshots and not suffix:
+                    save_snapshots(self.output_dir / SNAPSHOTS_FILE, snapshots, steps)
                 figures = write_landscapes(self.results, self.output_dir, suffix, self.save_figures)
                 self._log(trainer, figures, suffix)
         log.info(
@@ -251,14 +258,14 @@ class LossLandscape(pl.Callback):
                 f"{type(pl_module).__name__} has no callable `loss` attribute: pass "
                 "callbacks.landscape.loss_fn (e.g. {_target_: torch.nn.CrossEntropyLoss})"
             )
-        inputs, targets = split_tensors(trainer, self.split)
+        inputs, targets = split_tensors(trainer.datamodule, self.split)
         device = pl_module.device
         batches = make_eval_batches(
             inputs, targets, self.num_samples, self.batch_size, self.settings.seed, device
         )
         bn_batches = []
         if self.bn_mode is BatchNormMode.RECOMPUTE:
-            train_inputs, train_targets = split_tensors(trainer, "train")
+            train_inputs, train_targets = split_tensors(trainer.datamodule, "train")
             bn_batches = make_eval_batches(
                 train_inputs,
                 train_targets,
@@ -287,14 +294,27 @@ class LossLandscape(pl.Callback):
                 log_to_wandb(logger, self.results, figures, suffix, step)
 
 
-def split_tensors(trainer: pl.Trainer, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the ``(inputs, targets)`` tensors of ``split`` from the trainer's datamodule.
+def save_snapshots(path: Path, snapshots: torch.Tensor, steps: np.ndarray) -> None:
+    """Write the weight snapshots ``[n, size]`` and their optimizer steps to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, snapshots=snapshots.numpy(), steps=np.asarray(steps))
+
+
+def load_snapshots(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+    """Read a file written by :func:`save_snapshots`."""
+    with np.load(Path(path)) as data:
+        return torch.from_numpy(data["snapshots"]), data["steps"]
+
+
+def split_tensors(
+    datamodule: pl.LightningDataModule | None, split: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the ``(inputs, targets)`` tensors of ``split`` from ``datamodule``.
 
     Data modules that hold their splits as tensors (``InMemoryDataModule``) are read directly;
-    for others the split's dataloader is iterated once (with the random streams restored by the
-    caller).
+    for others the split's dataloader is iterated once (the caller restores the random
+    streams).
     """
-    datamodule = trainer.datamodule
     if datamodule is None:
         raise ValueError(
             "the landscape callback needs a LightningDataModule: pass datamodule= to fit"
