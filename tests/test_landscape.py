@@ -48,8 +48,15 @@ def classification_data(count: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
+def mean_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return ((outputs - targets) ** 2).mean()
+
+
 @pytest.mark.parametrize("method", ["vmap", "loop"])
-def test_quadratic_model_surface_matches_analytic(method):
+# nn.MSELoss takes the path of one unreduced call per forward pass, the plain function the
+# path of one call per batch.
+@pytest.mark.parametrize("loss_fn", [nn.MSELoss(), mean_squared_error], ids=["module", "function"])
+def test_quadratic_model_surface_matches_analytic(method, loss_fn):
     # A linear model under mean squared error is an exact quadratic in its parameters:
     # residual(a, b) = r0 + a r1 + b r2, so loss(a, b) = mean((r0 + a r1 + b r2)^2).
     rng = np.random.default_rng(0)
@@ -69,7 +76,7 @@ def test_quadratic_model_surface_matches_analytic(method):
         )
         for i in range(0, 100, 40)
     ]
-    evaluator = Evaluator(model, nn.MSELoss(), batches, method=method, distributed=False)
+    evaluator = Evaluator(model, loss_fn, batches, method=method, distributed=False)
     origin = ParameterSpace.of(model).vector(model)
     x, y = grid_coordinates(2.0, 7), grid_coordinates(1.0, 5)
     loss, _, _ = evaluate_grid(evaluator, origin, torch.from_numpy(directions).float(), x, y)

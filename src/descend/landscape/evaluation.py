@@ -14,6 +14,7 @@ device and batch shape (the choice is cached for the process).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from descend.landscape.parameters import ParameterSpace, write_parameters
+from descend.landscape.parameters import ParameterSpace
 from descend.landscape.state import preserved_model_state
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,14 @@ def evaluate_points(
     chunk_size: int = 32,
     bn_mode: str | BatchNormMode = BatchNormMode.TRAINED,
     bn_batches: Sequence[Batch] = (),
+    samples_per_forward: int = 512,
 ) -> PointMetrics:
     """Evaluate ``loss_fn(model(x), y)`` over ``batches`` at ``num_points`` weight vectors.
 
     The model is left exactly as it was: parameters, buffers, ``training`` and
-    ``requires_grad`` flags. ``chunk_size`` is the number of points per vmapped forward pass;
-    its memory is about ``chunk_size`` times the activations of one batch.
+    ``requires_grad`` flags. Consecutive batches are concatenated into forward passes of up to
+    ``samples_per_forward`` samples, and ``vmap`` evaluates ``chunk_size`` points per pass, so
+    its activation memory is about ``chunk_size * samples_per_forward`` samples' worth.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is invalid: use one of {METHODS}")
@@ -152,7 +155,12 @@ def evaluate_points(
     if bn_mode is BatchNormMode.RECOMPUTE and has_bn:
         method = "loop"
 
+    if samples_per_forward <= 0:
+        raise ValueError(
+            f"samples_per_forward={samples_per_forward} is invalid: it must be a positive integer"
+        )
     space = ParameterSpace.of(model)
+    groups = _group_batches(batches, samples_per_forward, loss_fn)
     sizes = torch.tensor([len(targets) for _, targets in batches], dtype=torch.float64)
     losses = torch.empty(num_points, len(batches), dtype=torch.float64)
     correct = torch.zeros(num_points, dtype=torch.float64)
@@ -164,17 +172,17 @@ def evaluate_points(
         start = 0
         if method == "auto":
             method, start = _choose_method(
-                model, space, loss_fn, batches, weights, num_points, chunk_size, losses, correct
+                model, space, loss_fn, groups, weights, num_points, chunk_size, losses, correct
             )
         for first in range(start, num_points, chunk_size):
             indices = torch.arange(first, min(first + chunk_size, num_points))
             if method == "vmap":
                 chunk_losses, chunk_correct = _evaluate_vmap(
-                    model, space, loss_fn, batches, weights(indices)
+                    model, space, loss_fn, groups, weights(indices)
                 )
             else:
                 chunk_losses, chunk_correct = _evaluate_loop(
-                    model, space, loss_fn, batches, weights(indices), recompute
+                    model, space, loss_fn, groups, weights(indices), recompute
                 )
             losses[indices] = chunk_losses
             correct[indices] = chunk_correct
@@ -206,39 +214,134 @@ def _count_correct(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return (outputs.argmax(dim=-1) == targets).sum()
 
 
-def _evaluate_vmap(model, space, loss_fn, batches, flat_weights):
+# Losses whose mean reduction is the plain mean of their unreduced values, so per-batch means
+# can be computed from one unreduced call per forward pass (class weights excluded).
+_ELEMENTWISE_LOSSES = (
+    nn.CrossEntropyLoss,
+    nn.NLLLoss,
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+)
+
+
+@dataclass(frozen=True)
+class _ForwardGroup:
+    """Consecutive evaluation batches concatenated into one forward pass.
+
+    ``slices`` holds each batch's ``(start, end, targets)`` within the outputs. With
+    ``sample_loss`` (the loss without reduction), the per-batch means come from one call and
+    the matrix ``batch_means`` ``[samples, batches]`` (entries ``1 / batch size``).
+    """
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    slices: tuple[tuple[int, int, torch.Tensor], ...]
+    sample_loss: Callable | None
+    batch_means: torch.Tensor | None
+
+
+def _group_batches(
+    batches: Sequence[Batch], samples_per_forward: int, loss_fn: Callable
+) -> list[_ForwardGroup]:
+    """Concatenate batches into forward passes of at most ``samples_per_forward`` samples (a
+    larger batch stays alone). Valid because the model is in eval mode, where no layer mixes
+    samples."""
+    groups, pending, count = [], [], 0
+    for batch in batches:
+        if pending and count + len(batch[1]) > samples_per_forward:
+            groups.append(_make_group(pending, loss_fn))
+            pending, count = [], 0
+        pending.append(batch)
+        count += len(batch[1])
+    groups.append(_make_group(pending, loss_fn))
+    return groups
+
+
+def _make_group(batches: Sequence[Batch], loss_fn: Callable) -> _ForwardGroup:
+    slices, start = [], 0
+    for _, targets in batches:
+        slices.append((start, start + len(targets), targets))
+        start += len(targets)
+    targets = torch.cat([t for _, t in batches])
+
+    sample_loss = _unreduced(loss_fn, targets)
+    batch_means = None
+    if sample_loss is not None:
+        batch_means = torch.zeros(start, len(slices), device=targets.device)
+        for column, (first, last, _) in enumerate(slices):
+            batch_means[first:last, column] = 1.0 / (last - first)
+    inputs = torch.cat([inputs for inputs, _ in batches])
+    return _ForwardGroup(inputs, targets, tuple(slices), sample_loss, batch_means)
+
+
+def _unreduced(loss_fn: Callable, targets: torch.Tensor) -> Callable | None:
+    """Return a copy of ``loss_fn`` with ``reduction="none"`` when its mean is the plain mean
+    of those values for these targets, else ``None``."""
+    if type(loss_fn) not in _ELEMENTWISE_LOSSES or loss_fn.reduction != "mean":
+        return None
+    if getattr(loss_fn, "weight", None) is not None:
+        return None
+    ignore_index = getattr(loss_fn, "ignore_index", None)
+    if ignore_index is not None and bool((targets == ignore_index).any()):
+        return None
+    unreduced = copy.copy(loss_fn)
+    unreduced.reduction = "none"
+    return unreduced
+
+
+def _batch_metrics(loss_fn, outputs: torch.Tensor, group: _ForwardGroup):
+    """Return the per-batch losses ``[batches]`` and the number of correct predictions."""
+    correct = _count_correct(outputs, group.targets)
+    if group.sample_loss is not None:
+        per_sample = group.sample_loss(outputs, group.targets)
+        if per_sample.ndim > 1:
+            per_sample = per_sample.reshape(per_sample.shape[0], -1).mean(dim=1)
+        return per_sample @ group.batch_means, correct
+    losses = [loss_fn(outputs[start:end], targets) for start, end, targets in group.slices]
+    return torch.stack(losses), correct
+
+
+def _evaluate_vmap(model, space, loss_fn, groups, flat_weights):
     buffers = dict(model.named_buffers())
-
-    def point(parameters, inputs, targets):
-        outputs = torch.func.functional_call(model, (parameters, buffers), (inputs,))
-        return loss_fn(outputs, targets), _count_correct(outputs, targets)
-
-    mapped = torch.func.vmap(point, in_dims=(0, None, None))
     parameters = space.unflatten(flat_weights)
     losses, correct = [], 0
-    for inputs, targets in batches:
-        batch_loss, batch_correct = mapped(parameters, inputs, targets)
-        losses.append(batch_loss.double().cpu())
-        correct = correct + batch_correct.double().cpu()
-    return torch.stack(losses, dim=1), correct
+    for group in groups:
+
+        def point(point_parameters, group=group):
+            outputs = torch.func.functional_call(
+                model, (point_parameters, buffers), (group.inputs,)
+            )
+            return _batch_metrics(loss_fn, outputs, group)
+
+        group_losses, group_correct = torch.func.vmap(point)(parameters)
+        losses.append(group_losses.double().cpu())
+        correct = correct + group_correct.double().cpu()
+    return torch.cat(losses, dim=1), correct
 
 
-def _evaluate_loop(model, space, loss_fn, batches, flat_weights, bn_batches):
-    losses = torch.empty(flat_weights.shape[0], len(batches), dtype=torch.float64)
-    correct = torch.zeros(flat_weights.shape[0], dtype=torch.float64)
-    for row, vector in enumerate(flat_weights):
-        write_parameters(model, space, vector)
+def _evaluate_loop(model, space, loss_fn, groups, flat_weights, bn_batches):
+    # Results stay on the device until the chunk ends: one transfer per chunk, not per point.
+    parameters = [dict(model.named_parameters())[name] for name in space.names]
+    device = flat_weights.device
+    num_batches = sum(len(group.slices) for group in groups)
+    losses = torch.empty(flat_weights.shape[0], num_batches, device=device)
+    correct = torch.zeros(flat_weights.shape[0], device=device)
+    stacked = list(space.unflatten(flat_weights).values())
+    for row in range(flat_weights.shape[0]):
+        torch._foreach_copy_(parameters, [values[row] for values in stacked])
         if bn_batches:
             _reestimate_batch_norm(model, bn_batches)
-        point_losses = []
-        point_correct = 0
-        for inputs, targets in batches:
-            outputs = model(inputs)
-            point_losses.append(loss_fn(outputs, targets))
-            point_correct = point_correct + _count_correct(outputs, targets)
-        losses[row] = torch.stack(point_losses).double().cpu()
-        correct[row] = float(point_correct)
-    return losses, correct
+        column = 0
+        for group in groups:
+            group_losses, group_correct = _batch_metrics(loss_fn, model(group.inputs), group)
+            losses[row, column : column + len(group.slices)] = group_losses
+            correct[row] += group_correct
+            column += len(group.slices)
+    return losses.double().cpu(), correct.double().cpu()
 
 
 def _reestimate_batch_norm(model: nn.Module, bn_batches: Sequence[Batch]) -> None:
@@ -255,12 +358,16 @@ def _reestimate_batch_norm(model: nn.Module, bn_batches: Sequence[Batch]) -> Non
         layer.eval()
 
 
-def _choose_method(
-    model, space, loss_fn, batches, weights, num_points, chunk_size, losses, correct
-):
+def _choose_method(model, space, loss_fn, groups, weights, num_points, chunk_size, losses, correct):
     """Time both methods on the first chunk; return the faster and the next unevaluated point."""
     device = next(model.parameters()).device
-    key = (type(model), space.shapes, device.type, tuple(b[0].shape for b in batches), chunk_size)
+    key = (
+        type(model),
+        space.shapes,
+        device.type,
+        tuple(g.inputs.shape for g in groups),
+        chunk_size,
+    )
     if key in _METHOD_CACHE:
         return _METHOD_CACHE[key], 0
 
@@ -269,10 +376,10 @@ def _choose_method(
     try:
         # The first vmapped call pays a one-off set-up cost (about 0.3 s on a CPU), which
         # would bias the timing against vmap.
-        _evaluate_vmap(model, space, loss_fn, batches[:1], flat[:1])
+        _evaluate_vmap(model, space, loss_fn, groups[:1], flat[:1])
         _synchronize(device)
         started = time.perf_counter()
-        chunk_losses, chunk_correct = _evaluate_vmap(model, space, loss_fn, batches, flat)
+        chunk_losses, chunk_correct = _evaluate_vmap(model, space, loss_fn, groups, flat)
         _synchronize(device)
         vmap_seconds = (time.perf_counter() - started) / len(indices)
     except Exception as error:  # noqa: BLE001 - any failure means this model cannot be vmapped
@@ -282,11 +389,11 @@ def _choose_method(
     losses[indices] = chunk_losses
     correct[indices] = chunk_correct
 
-    probe = flat[: min(4, len(indices))]
-    _evaluate_loop(model, space, loss_fn, batches[:1], probe[:1], ())
+    probe = flat[: min(8, len(indices))]
+    _evaluate_loop(model, space, loss_fn, groups[:1], probe[:1], ())
     _synchronize(device)
     started = time.perf_counter()
-    _evaluate_loop(model, space, loss_fn, batches, probe, ())
+    _evaluate_loop(model, space, loss_fn, groups, probe, ())
     _synchronize(device)
     loop_seconds = (time.perf_counter() - started) / len(probe)
 
@@ -324,6 +431,7 @@ class Evaluator:
     bn_mode: str | BatchNormMode = BatchNormMode.TRAINED
     bn_batches: Sequence[Batch] = ()
     distributed: bool = True
+    samples_per_forward: int = 512
 
     def __call__(self, weights: WeightSource, num_points: int) -> PointMetrics:
         rank, world_size = _distribution() if self.distributed else (0, 1)
@@ -354,6 +462,7 @@ class Evaluator:
             chunk_size=self.chunk_size,
             bn_mode=self.bn_mode,
             bn_batches=self.bn_batches,
+            samples_per_forward=self.samples_per_forward,
         )
 
     @property
