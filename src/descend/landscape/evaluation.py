@@ -106,7 +106,7 @@ def plane_weights(
 
     def weights(indices: torch.Tensor) -> torch.Tensor:
         chunk = coefficients[indices.to(coefficients.device)].to(directions)
-        return origin.unsqueeze(0) + chunk @ directions
+        return torch.addmm(origin.unsqueeze(0), chunk, directions)
 
     return weights
 
