@@ -1,8 +1,8 @@
 """The plane of the optimisation path: principal components of the weight trajectory.
 
-Li et al. (2018, section 7) span the plane by the first two principal components of the
-matrix whose rows are ``theta_t - theta_T`` (snapshot minus final weights). As in their code
-(scikit-learn's PCA), the rows are centred before the components are computed.
+Li et al. (2018), "Visualizing the Loss Landscape of Neural Nets", span the plane by the first
+two principal components of the matrix whose rows are ``theta_t - theta_T`` (snapshot minus
+final weights). The rows are centred first, as in a standard PCA.
 """
 
 from __future__ import annotations
