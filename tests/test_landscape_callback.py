@@ -32,6 +32,9 @@ SENSITIVE_RUN = (
     "trainer.max_epochs=3",
 )
 SMALL_LANDSCAPE = (
+    # last.ckpt is a copy of the latest saved checkpoint; saving every epoch makes it the final
+    # weights, which the landscapes are centred on.
+    "callbacks.model_checkpoint.save_top_k=-1",
     "callbacks.landscape.grid_points=[7,5]",
     "callbacks.landscape.line_points=9",
     "callbacks.landscape.num_samples=128",
@@ -66,7 +69,9 @@ def rebuild_model(checkpoint_path: Path):
 
 @pytest.mark.slow
 def test_callback_leaves_training_unchanged(make_config):
-    plain_cfg = make_config(*SENSITIVE_RUN, "~callbacks.landscape")
+    plain_cfg = make_config(
+        *SENSITIVE_RUN, "~callbacks.landscape", "callbacks.model_checkpoint.save_top_k=-1"
+    )
     plain_metrics = train(plain_cfg)
     # Resolve now: the run directory interpolates the Hydra config of the latest make_config.
     plain_dir = Path(plain_cfg.paths.output_dir)
@@ -85,6 +90,7 @@ def test_callback_leaves_training_unchanged(make_config):
     assert (watched_dir / "landscape" / "random_epoch001.npz").is_file(), "no mid-fit landscape"
     plain = torch.load(plain_dir / "checkpoints" / "last.ckpt", weights_only=False)
     watched = torch.load(watched_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert plain["global_step"] == watched["global_step"] == 3 * 23, "last.ckpt is not final"
     for key, value in plain["state_dict"].items():
         assert torch.equal(watched["state_dict"][key], value), f"{key} differs"
     plain_state = plain["optimizer_states"][0]["state"]

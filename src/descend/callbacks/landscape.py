@@ -78,7 +78,7 @@ class LossLandscape(pl.Callback):
     def __init__(
         self,
         output_dir: str,
-        surfaces: Sequence[str] = ("trajectory", "interpolation", "random_line"),
+        surfaces: Sequence[str] = ("trajectory", "interpolation"),
         grid_points: Sequence[int] | int = (21, 21),
         random_extent: Sequence[float] | float = (1.0, 1.0),
         trajectory_margin: float = 1.25,

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from descend.landscape.results import Curve, Surface
 
@@ -119,6 +120,9 @@ def curve_figure(curve: Curve, title: str | None = None) -> Figure:
     positive = curve.loss[curve.loss > 0]
     if positive.size and positive.max() / positive.min() > 10:
         axes.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        axes.yaxis.set_major_formatter(plain)
+        axes.yaxis.set_minor_formatter(plain)
     axes.set_ylabel("loss", color="tab:blue")
     if np.all(np.isfinite(curve.accuracy)):
         twin = axes.twinx()

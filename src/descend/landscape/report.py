@@ -49,7 +49,7 @@ class LandscapeSettings:
         seed: seed of the random directions (a private ``torch.Generator``).
     """
 
-    surfaces: tuple[str, ...] = ("trajectory", "interpolation", "random_line")
+    surfaces: tuple[str, ...] = ("trajectory", "interpolation")
     grid_points: tuple[int, int] = (21, 21)
     random_extent: tuple[float, float] = (1.0, 1.0)
     trajectory_margin: float = 1.25
