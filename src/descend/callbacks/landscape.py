@@ -43,9 +43,9 @@ class LossLandscape(pl.Callback):
     scalars (explained variance, barrier height, ...) go to every logger under
     ``landscape/``.
 
-    The callback has no side effects on training: parameters, buffers, ``training`` and
+    The callback has no side effects on training. Parameters, buffers, ``training`` and
     ``requires_grad`` flags, BatchNorm momenta and the torch, numpy and Python random streams
-    are restored bit for bit, random directions come from a private ``torch.Generator``, and
+    are restored bit for bit. Random directions come from a private ``torch.Generator``, and
     the optimizer is never touched.
 
     Under DDP every rank takes part (each evaluates a share of the grid points and the results
@@ -166,7 +166,7 @@ class LossLandscape(pl.Callback):
         self.max_snapshots = int(self.snapshot_memory_mb * 2**20 // bytes_per_snapshot)
         if self.max_snapshots < 4:
             raise ValueError(
-                f"callbacks.landscape.snapshot_memory_mb={self.snapshot_memory_mb} holds only "
+                f"callbacks.landscape.snapshot_memory_mb={self.snapshot_memory_mb} fits only "
                 f"{self.max_snapshots} snapshots of {space.size} parameters "
                 f"({bytes_per_snapshot / 2**20:.1f} MiB each): raise it to at least "
                 f"{4 * bytes_per_snapshot / 2**20:.1f}"
@@ -311,9 +311,9 @@ def split_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the ``(inputs, targets)`` tensors of ``split`` from ``datamodule``.
 
-    Data modules that hold their splits as tensors (``InMemoryDataModule``) are read directly;
-    for others the split's dataloader is iterated once (the caller restores the random
-    streams).
+    Data modules that keep their splits as tensors (``InMemoryDataModule``) are read directly.
+    For others the split's dataloader is iterated once, so the caller must restore the random
+    streams.
     """
     if datamodule is None:
         raise ValueError(

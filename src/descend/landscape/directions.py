@@ -1,9 +1,9 @@
 """Random directions in parameter space, normalised to the scale of the weights.
 
 Filter-wise normalisation follows Li et al. (2018), "Visualizing the Loss Landscape of Neural
-Nets": each filter (one output row of a weight tensor, ``weight[i]``) of a Gaussian direction is
-rescaled to the norm of the matching filter of the weights, so that the picture does not depend
-on the scale invariance of ReLU networks.
+Nets". Each filter of a Gaussian direction (one output row of a weight tensor, ``weight[i]``) is
+rescaled to the norm of the matching filter of the weights. The picture then does not depend on
+the scale invariance of ReLU networks.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from descend.landscape.parameters import ParameterSpace
 
 
 class Normalization(str, Enum):
-    """How a random direction is rescaled to the weights ``theta``.
+    """Rescaling of a random direction to the weights ``theta``.
 
     ``filter``: each filter ``d[i]`` gets the norm of ``theta[i]``. ``layer``: each parameter
     tensor gets the norm of the matching tensor of ``theta``. ``model``: the whole direction gets

@@ -232,7 +232,7 @@ _ELEMENTWISE_LOSSES = (
 class _ForwardGroup:
     """Consecutive evaluation batches concatenated into one forward pass.
 
-    ``slices`` holds each batch's ``(start, end, targets)`` within the outputs. With
+    ``slices`` contains each batch's ``(start, end, targets)`` within the outputs. With
     ``sample_loss`` (the loss without reduction), the per-batch means come from one call and
     the matrix ``batch_means`` ``[samples, batches]`` (entries ``1 / batch size``).
     """
@@ -470,7 +470,7 @@ class Evaluator:
         return next(self.model.parameters()).device
 
     def settings(self) -> dict:
-        """The evaluation settings stored with every result."""
+        """Return the evaluation settings stored with every result."""
         return {
             "num_samples": int(sum(len(targets) for _, targets in self.batches)),
             "num_batches": len(self.batches),

@@ -48,8 +48,8 @@ def interpolation_curve(
     num_points: int = 21,
     margin: float = 0.25,
 ) -> Curve:
-    """The loss on ``(1 - alpha) theta_0 + alpha theta_T`` (Goodfellow et al. 2015), from the
-    initial weights ``initial`` (flat) to the model's current weights."""
+    """Compute the loss on ``(1 - alpha) theta_0 + alpha theta_T`` (Goodfellow et al. 2015),
+    from the initial weights ``initial`` (flat) to the model's current weights."""
     space = ParameterSpace.of(evaluator.model)
     final = space.vector(evaluator.model)
     device = evaluator.device
@@ -81,7 +81,7 @@ def random_line_curve(
     normalization: str | Normalization = Normalization.FILTER,
     ignore_bias_and_bn: bool = True,
 ) -> Curve:
-    """The loss on ``theta_T + alpha d`` with one normalised random direction ``d``."""
+    """Compute the loss on ``theta_T + alpha d`` along one normalised random direction ``d``."""
     space = ParameterSpace.of(evaluator.model)
     final = space.vector(evaluator.model)
     generator = torch.Generator().manual_seed(seed)

@@ -59,7 +59,8 @@ def random_plane_surface(
     normalization: str | Normalization = Normalization.FILTER,
     ignore_bias_and_bn: bool = True,
 ) -> Surface:
-    """The loss on ``theta + a d_1 + b d_2`` with two orthogonal normalised random directions.
+    """Compute the loss on ``theta + a d_1 + b d_2`` for two orthogonal normalised random
+    directions.
 
     ``num_points`` and ``extent`` are ``(x, y)``: ``a`` runs over
     ``linspace(-extent[0], extent[0], num_points[0])``. With filter normalisation, ``a = 1``
@@ -86,9 +87,10 @@ def trajectory_plane_surface(
     num_points: tuple[int, int] = (21, 21),
     margin: float = 1.25,
 ) -> Surface:
-    """The loss on the plane of the first two principal components of ``snapshots - final``.
+    """Compute the loss on the plane of the first two principal components of
+    ``snapshots - final``.
 
-    ``snapshots`` ``[n, size]`` are flat weight vectors (CPU is fine) recorded at ``steps``; the
+    ``snapshots`` ``[n, size]`` are flat weight vectors (CPU is fine) recorded at ``steps``. The
     model's current weights are the final point and the centre of the grid. Each axis spans
     ``margin`` times the largest projected coordinate of the trajectory on that axis.
     """

@@ -29,7 +29,7 @@ SURFACES = ("trajectory", "random", "interpolation", "random_line")
 
 @dataclass
 class LandscapeSettings:
-    """What to compute.
+    """Landscapes to compute and the grids they are computed on.
 
     Args:
         surfaces: any of ``trajectory`` (plane of the first two principal components of the
@@ -174,7 +174,7 @@ def write_landscapes(
 
 
 def write_trajectory_csv(surface: Surface, path: Path) -> None:
-    """One row per snapshot: step, plane coordinates, true loss, plane loss, residual."""
+    """Write one row per snapshot: step, plane coordinates, true loss, plane loss, residual."""
     trajectory = surface.trajectory
     with path.open("w", newline="") as file:
         writer = csv.writer(file)

@@ -57,8 +57,8 @@ class Curve:
     """Metrics along a line ``origin + alpha * direction``.
 
     For the interpolation from the initial (``alpha = 0``) to the final weights (``alpha = 1``),
-    ``barrier_height`` is ``max(loss on [0, 1]) - max(loss(0), loss(1))`` and ``monotone`` says
-    whether the loss never rises from one point to the next on ``[0, 1]``.
+    ``barrier_height`` is ``max(loss on [0, 1]) - max(loss(0), loss(1))`` and ``monotone`` is
+    True when the loss never rises from one point to the next on ``[0, 1]``.
     """
 
     kind: str
@@ -118,4 +118,4 @@ def load_landscape(path: str | Path) -> Surface | Curve:
         return Surface(settings=settings, trajectory=trajectory, **values)
     if kind == "Curve":
         return Curve(settings=settings, **values)
-    raise ValueError(f"{path} holds a landscape of unknown type {kind!r}")
+    raise ValueError(f"{path} contains a landscape of unknown type {kind!r}")
