@@ -425,3 +425,20 @@ def test_mlp_parameter_space_layout():
     space = ParameterSpace.of(model)
     assert space.size == 64 * 128 + 128 + 128 * 10 + 10
     assert int(space.is_filter_parameter().sum()) == 64 * 128 + 128 * 10
+
+
+def test_auto_method_restores_thread_count():
+    from descend.landscape import evaluation
+
+    evaluation._METHOD_CACHE.clear()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = small_cnn()
+        inputs, targets = classification_data()
+        batches = make_eval_batches(inputs, targets, 64, 32, seed=0)
+        evaluator = Evaluator(model, nn.CrossEntropyLoss(), batches, distributed=False)
+        random_plane_surface(evaluator, seed=0, num_points=(3, 3))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

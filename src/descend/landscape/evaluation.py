@@ -9,7 +9,8 @@ Two ways to evaluate a set of points, both with the model in eval mode and witho
   flags are restored bit for bit afterwards.
 
 ``method="auto"`` times both on the first points and keeps the faster one for that model shape,
-device and batch shape (the choice is cached for the process).
+device and batch shape (the choice is cached for the process). On a CPU it also tries one
+intra-op thread, and restores ``torch.get_num_threads()`` afterwards.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 
@@ -35,7 +37,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 # Maps a 1-D tensor of point indices to the flat weights of those points, [len(indices), size].
 WeightSource = Callable[[torch.Tensor], torch.Tensor]
 
-_METHOD_CACHE: dict[tuple, str] = {}
+_METHOD_CACHE: dict[tuple, tuple[str, int | None]] = {}
 METHODS = ("auto", "vmap", "loop")
 
 
@@ -169,23 +171,24 @@ def evaluate_points(
 
     with preserved_model_state(model), torch.no_grad():
         model.eval()
-        start = 0
+        threads = None
         if method == "auto":
-            method, start = _choose_method(
-                model, space, loss_fn, groups, weights, num_points, chunk_size, losses, correct
+            method, threads = _choose_method(
+                model, space, loss_fn, groups, weights, num_points, chunk_size
             )
-        for first in range(start, num_points, chunk_size):
-            indices = torch.arange(first, min(first + chunk_size, num_points))
-            if method == "vmap":
-                chunk_losses, chunk_correct = _evaluate_vmap(
-                    model, space, loss_fn, groups, weights(indices)
-                )
-            else:
-                chunk_losses, chunk_correct = _evaluate_loop(
-                    model, space, loss_fn, groups, weights(indices), recompute
-                )
-            losses[indices] = chunk_losses
-            correct[indices] = chunk_correct
+        with _intra_op_threads(threads):
+            for first in range(0, num_points, chunk_size):
+                indices = torch.arange(first, min(first + chunk_size, num_points))
+                if method == "vmap":
+                    chunk_losses, chunk_correct = _evaluate_vmap(
+                        model, space, loss_fn, groups, weights(indices)
+                    )
+                else:
+                    chunk_losses, chunk_correct = _evaluate_loop(
+                        model, space, loss_fn, groups, weights(indices), recompute
+                    )
+                losses[indices] = chunk_losses
+                correct[indices] = chunk_correct
 
     return _summarise(losses, correct, sizes, classification)
 
@@ -358,8 +361,12 @@ def _reestimate_batch_norm(model: nn.Module, bn_batches: Sequence[Batch]) -> Non
         layer.eval()
 
 
-def _choose_method(model, space, loss_fn, groups, weights, num_points, chunk_size, losses, correct):
-    """Time both methods on the first chunk; return the faster and the next unevaluated point."""
+def _choose_method(model, space, loss_fn, groups, weights, num_points, chunk_size):
+    """Time vmap and the loop on the first points; return the faster method and thread count.
+
+    On a CPU both are also timed with one intra-op thread: small per-point operations often
+    run faster without the thread pool's synchronisation, above all on a busy machine.
+    """
     device = next(model.parameters()).device
     key = (
         type(model),
@@ -369,44 +376,69 @@ def _choose_method(model, space, loss_fn, groups, weights, num_points, chunk_siz
         chunk_size,
     )
     if key in _METHOD_CACHE:
-        return _METHOD_CACHE[key], 0
+        return _METHOD_CACHE[key]
 
-    indices = torch.arange(min(chunk_size, num_points))
-    flat = weights(indices)
-    try:
-        # The first vmapped call pays a one-off set-up cost (about 0.3 s on a CPU), which
-        # would bias the timing against vmap.
-        _evaluate_vmap(model, space, loss_fn, groups[:1], flat[:1])
-        _synchronize(device)
-        started = time.perf_counter()
-        chunk_losses, chunk_correct = _evaluate_vmap(model, space, loss_fn, groups, flat)
-        _synchronize(device)
-        vmap_seconds = (time.perf_counter() - started) / len(indices)
-    except Exception as error:  # noqa: BLE001 - any failure means this model cannot be vmapped
-        log.info("vmap evaluation failed (%s: %s): using the loop", type(error).__name__, error)
-        _METHOD_CACHE[key] = "loop"
-        return "loop", 0
-    losses[indices] = chunk_losses
-    correct[indices] = chunk_correct
+    flat = weights(torch.arange(min(chunk_size, num_points)))
+    probe = flat[: min(8, len(flat))]
+    thread_options: list[int | None] = [None]
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        thread_options.append(1)
 
-    probe = flat[: min(8, len(indices))]
-    _evaluate_loop(model, space, loss_fn, groups[:1], probe[:1], ())
+    seconds_per_point: dict[tuple[str, int | None], float] = {}
+    vmap_works = True
+    for threads in thread_options:
+        with _intra_op_threads(threads):
+            if vmap_works:
+                try:
+                    # The first vmapped call pays a one-off set-up cost (about 0.3 s on a
+                    # CPU), which would bias the timing against vmap.
+                    _evaluate_vmap(model, space, loss_fn, groups[:1], flat[:1])
+                    seconds_per_point["vmap", threads] = _time_per_point(
+                        device, len(flat), _evaluate_vmap, model, space, loss_fn, groups, flat
+                    )
+                except Exception as error:  # noqa: BLE001 - any failure rules out vmap
+                    log.info("vmap evaluation failed (%s: %s)", type(error).__name__, error)
+                    vmap_works = False
+            _evaluate_loop(model, space, loss_fn, groups[:1], probe[:1], ())
+            seconds_per_point["loop", threads] = _time_per_point(
+                device, len(probe), _evaluate_loop, model, space, loss_fn, groups, probe, ()
+            )
+
+    choice = min(seconds_per_point, key=seconds_per_point.get)
+    log.info(
+        "Landscape evaluation on %s, ms per point: %s; using %s with %s",
+        device.type,
+        ", ".join(
+            f"{method} ({threads or torch.get_num_threads()} threads) {seconds * 1e3:.2f}"
+            for (method, threads), seconds in seconds_per_point.items()
+        ),
+        choice[0],
+        f"{choice[1]} thread" if choice[1] else "the default threads",
+    )
+    _METHOD_CACHE[key] = choice
+    return choice
+
+
+def _time_per_point(device, count, function, *args) -> float:
     _synchronize(device)
     started = time.perf_counter()
-    _evaluate_loop(model, space, loss_fn, groups, probe, ())
+    function(*args)
     _synchronize(device)
-    loop_seconds = (time.perf_counter() - started) / len(probe)
+    return (time.perf_counter() - started) / count
 
-    method = "vmap" if vmap_seconds <= loop_seconds else "loop"
-    log.info(
-        "Landscape evaluation on %s: vmap %.2f ms/point, loop %.2f ms/point: using %s",
-        device.type,
-        vmap_seconds * 1e3,
-        loop_seconds * 1e3,
-        method,
-    )
-    _METHOD_CACHE[key] = method
-    return method, len(indices)
+
+@contextmanager
+def _intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with ``threads`` intra-op threads (``None``: unchanged), then restore."""
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _synchronize(device: torch.device) -> None:
