@@ -340,8 +340,11 @@ def log_to_wandb(
     """Log the figures as images, the curves as line plots and the path as a table."""
     import wandb
 
-    for name, paths in figures.items():
-        logger.log_image(key=f"landscape{suffix}/{name}", images=[str(p) for p in paths], step=step)
+    # One key per figure: W&B shows the images of one key side by side only when their sizes
+    # match, and the contour and surface figures differ.
+    for paths in figures.values():
+        for path in paths:
+            logger.log_image(key=f"landscape/{path.stem}", images=[str(path)], step=step)
 
     payload = {}
     for name, result in results.items():

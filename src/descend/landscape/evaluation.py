@@ -296,16 +296,35 @@ def _unreduced(loss_fn: Callable, targets: torch.Tensor) -> Callable | None:
     return unreduced
 
 
-def _batch_metrics(loss_fn, outputs: torch.Tensor, group: _ForwardGroup):
-    """Return the per-batch losses ``[batches]`` and the number of correct predictions."""
-    correct = _count_correct(outputs, group.targets)
+def _point_outputs(loss_fn, outputs: torch.Tensor, group: _ForwardGroup):
+    """Return what one point needs kept from a forward pass of ``group``.
+
+    With an unreduced loss these are the per-sample losses and the predicted classes (a
+    placeholder zero for outputs that are not class scores), reduced for a whole chunk of points at once by
+    :func:`_reduce_group`. Otherwise they are the per-batch losses and the number of correct
+    predictions.
+    """
+    classification = not group.targets.is_floating_point() and outputs.ndim >= 2
     if group.sample_loss is not None:
         per_sample = group.sample_loss(outputs, group.targets)
-        if per_sample.ndim > 1:
-            per_sample = per_sample.reshape(per_sample.shape[0], -1).mean(dim=1)
-        return per_sample @ group.batch_means, correct
+        if classification:
+            return per_sample, outputs.argmax(dim=-1)
+        return per_sample, outputs.new_zeros(())
     losses = [loss_fn(outputs[start:end], targets) for start, end, targets in group.slices]
-    return torch.stack(losses), correct
+    return torch.stack(losses), _count_correct(outputs, group.targets)
+
+
+def _reduce_group(group: _ForwardGroup, first: torch.Tensor, second: torch.Tensor):
+    """Turn the stacked outputs of :func:`_point_outputs` (leading dimension: points) into
+    per-batch losses ``[points, batches]`` and correct counts ``[points]``."""
+    if group.sample_loss is None:
+        return first, second
+    per_sample = first.reshape(first.shape[0], first.shape[1], -1).mean(dim=2)
+    if second.ndim == 2:
+        correct = (second == group.targets).sum(dim=1)
+    else:
+        correct = torch.zeros_like(second)
+    return per_sample @ group.batch_means, correct
 
 
 def _evaluate_vmap(model, space, loss_fn, groups, flat_weights):
@@ -318,33 +337,35 @@ def _evaluate_vmap(model, space, loss_fn, groups, flat_weights):
             outputs = torch.func.functional_call(
                 model, (point_parameters, buffers), (group.inputs,)
             )
-            return _batch_metrics(loss_fn, outputs, group)
+            return _point_outputs(loss_fn, outputs, group)
 
-        group_losses, group_correct = torch.func.vmap(point)(parameters)
+        group_losses, group_correct = _reduce_group(group, *torch.func.vmap(point)(parameters))
         losses.append(group_losses.double().cpu())
         correct = correct + group_correct.double().cpu()
     return torch.cat(losses, dim=1), correct
 
 
 def _evaluate_loop(model, space, loss_fn, groups, flat_weights, bn_batches):
-    # Results stay on the device until the chunk ends: one transfer per chunk, not per point.
+    # Per-point work is kept to the forward pass and one or two operations on its outputs;
+    # everything else is done once per chunk, because small operations dominate the time.
     parameters = [dict(model.named_parameters())[name] for name in space.names]
-    device = flat_weights.device
-    num_batches = sum(len(group.slices) for group in groups)
-    losses = torch.empty(flat_weights.shape[0], num_batches, device=device)
-    correct = torch.zeros(flat_weights.shape[0], device=device)
-    stacked = list(space.unflatten(flat_weights).values())
-    for row in range(flat_weights.shape[0]):
-        torch._foreach_copy_(parameters, [values[row] for values in stacked])
+    per_parameter = [values.unbind(0) for values in space.unflatten(flat_weights).values()]
+    kept: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in groups]
+    for point_values in zip(*per_parameter, strict=True):
+        torch._foreach_copy_(parameters, list(point_values))
         if bn_batches:
             _reestimate_batch_norm(model, bn_batches)
-        column = 0
-        for group in groups:
-            group_losses, group_correct = _batch_metrics(loss_fn, model(group.inputs), group)
-            losses[row, column : column + len(group.slices)] = group_losses
-            correct[row] += group_correct
-            column += len(group.slices)
-    return losses.double().cpu(), correct.double().cpu()
+        for group, outputs in zip(groups, kept, strict=True):
+            outputs.append(_point_outputs(loss_fn, model(group.inputs), group))
+
+    losses, correct = [], 0
+    for group, outputs in zip(groups, kept, strict=True):
+        first = torch.stack([item[0] for item in outputs])
+        second = torch.stack([item[1] for item in outputs])
+        group_losses, group_correct = _reduce_group(group, first, second)
+        losses.append(group_losses.double().cpu())
+        correct = correct + group_correct.double().cpu()
+    return torch.cat(losses, dim=1), correct
 
 
 def _reestimate_batch_norm(model: nn.Module, bn_batches: Sequence[Batch]) -> None:
