@@ -211,7 +211,9 @@ class LossLandscape(pl.Callback):
         if self.every_n_epochs is None or trainer.fast_dev_run:
             return
         epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs == 0 and epoch < trainer.max_epochs:
+        # The last epoch is left to on_train_end, which draws the final landscapes.
+        last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
+        if epoch % self.every_n_epochs == 0 and not last_epoch:
             self._compute(trainer, pl_module, suffix=f"_epoch{epoch:03d}")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
