@@ -103,7 +103,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     interrupt = CheckpointOnInterrupt()
-    callbacks += [StoreRunConfig(run_config), RankStateCheckpoint(), StoreWandbRunId(), interrupt]
+    callbacks += [
+        StoreRunConfig(run_config),
+        RankStateCheckpoint(seed),
+        StoreWandbRunId(),
+        interrupt,
+    ]
     loggers = instantiate_group(cfg.get("logger"), "logger")
 
     log.info("Instantiating trainer <%s>", cfg.trainer._target_)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from descend.utils.seeding import derive_seed
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEY = "descend_rank_states"
@@ -55,6 +57,13 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def seed_generators(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's (CPU and all CUDA devices) global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def collect_metric_states(module: torch.nn.Module) -> dict[str, dict[str, Any]]:
@@ -102,7 +111,14 @@ def _to_device(value: Any, device: torch.device) -> Any:
 
 
 class RankStateCheckpoint(pl.Callback):
-    """Save each rank's random generator states and metric accumulators; restore them on resume.
+    """Seed each rank's generators apart; save their states and the metric accumulators in
+    checkpoints and restore them on resume.
+
+    With ``seed`` set, ``on_fit_start`` (after the model is built, so every rank initialises the
+    same weights from the run's seed) reseeds Python's, NumPy's and PyTorch's global generators
+    of rank ``r`` with :func:`~descend.utils.seeding.derive_seed` of ``(seed, r)``: dropout and
+    augmentation in the training process then draw different numbers on every rank, and the
+    same numbers in every run with that seed.
 
     Lightning 2.6's checkpoints hold neither: the global generators (Python, NumPy, PyTorch CPU
     and CUDA) decide dropout masks and augmentations, and the torchmetrics states hold what an
@@ -115,8 +131,13 @@ class RankStateCheckpoint(pl.Callback):
     rank ``r`` of the new run has no counterpart.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
         self._pending: dict[str, Any] | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.seed is not None:
+            seed_generators(derive_seed(self.seed, trainer.global_rank))
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

@@ -11,6 +11,7 @@ from torch.utils.data import TensorDataset
 
 from descend.data.resumable_loader import ResumableDataLoader, ResumableDistributedSampler
 from descend.data.tensor_batches import TensorBatchLoader
+from descend.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, rank)),
             drop_last=self.drop_last and train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -30,8 +30,10 @@ class ResumableDataLoader(DataLoader):
     """``DataLoader`` over a :class:`ResumableDistributedSampler` with ``state_dict`` support.
 
     ``state_dict`` records the epoch, the batches handed out in it and the state that the
-    loader's ``generator`` had when the epoch began (the generator draws the worker processes'
-    base seed, so the global ``torch`` generator is never consumed by data loading).
+    loader's ``generator`` had when the epoch began. The generator draws the worker processes'
+    base seed at the start of every epoch (worker ``w`` seeds its generators from base seed +
+    ``w``), so the global ``torch`` generator is never consumed by data loading. Give each DDP
+    rank its own generator seed so that ranks' workers draw different numbers.
     ``load_state_dict`` makes the next iteration of that epoch skip the batches already trained
     on, and reproduce the worker base seed. Lightning 2.6 stores this state in its checkpoints
     because the loader has ``state_dict``; batches prefetched by worker processes are not
