@@ -188,12 +188,16 @@ def continue_wandb_run(cfg: DictConfig, checkpoint: dict[str, Any] | None) -> No
 
 
 def check_trained(trainer: pl.Trainer) -> None:
-    """Raise ``ValueError`` when fit ran no training batch because the loader yielded none."""
-    if trainer.num_training_batches == 0:
+    """Raise ``ValueError`` when fit ran no training batch because the loader yielded none.
+
+    Lightning 2.6 only warns in that case and reports a finished fit.
+    """
+    if trainer.num_training_batches == 0 or trainer.limit_train_batches == 0:
         raise ValueError(
-            "the training loader yielded zero batches, so no optimizer step ran: check "
-            "data.batch_size against the training-set size divided by trainer.devices, "
-            "data.drop_last and trainer.limit_train_batches"
+            f"the training loader yielded zero batches (trainer.limit_train_batches="
+            f"{trainer.limit_train_batches}), so no optimizer step ran: check data.batch_size "
+            "against the training-set size divided by trainer.devices, data.drop_last and "
+            "trainer.limit_train_batches"
         )
 
 
