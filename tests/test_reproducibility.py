@@ -151,6 +151,7 @@ def worker_draws(seed: int, rank: int, epochs: int = 2) -> dict[tuple[int, int],
         batch_size=1,
         sampler=sampler,
         num_workers=2,
+        persistent_workers=True,
         generator=torch.Generator().manual_seed(derive_seed(seed, rank)),
     )
     draws: dict[tuple[int, int], list[float]] = {}

@@ -146,7 +146,7 @@ def test_sigterm_checkpoints_exits_and_resumes_wandb(uninterrupted_run: Path, tm
 
     assert stopped.returncode == 143, stopped.stderr[-3000:]
     last = stopped_dir / "checkpoints" / "last.ckpt"
-    # The stop happens after the step in progress, so the checkpoint holds step 9.
+    # The stop happens after the step in progress, so the checkpoint contains step 9.
     assert torch.load(last, weights_only=False)["global_step"] == 9
     assert f'resume with: make train ARGS="ckpt_path={last}"' in one_line(
         stopped.stderr + stopped.stdout

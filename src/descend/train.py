@@ -78,6 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("Seed: %d", seed)
     output_dir = Path(cfg.paths.output_dir)
     run_record, git_diff = collect_run_record(seed, command_overrides(), REPOSITORY_DIR)
+    run_record["resumed_from"] = str(resume_path.resolve()) if resume_path else None
     run_config = OmegaConf.to_container(cfg, resolve=True)
     if rank_zero_only.rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,10 @@ def restore_metric_states(module: torch.nn.Module, states: dict[str, dict[str, A
     for name, state in states.items():
         metric = metrics.get(name)
         if not isinstance(metric, Metric):
-            log.warning("The checkpoint holds the state of metric %r, which this model lacks", name)
+            log.warning(
+                "The checkpoint contains the state of metric %r, but the model has no such metric",
+                name,
+            )
             continue
         for key, value in state["values"].items():
             setattr(metric, key, _to_device(value, metric.device))
@@ -156,13 +159,13 @@ class RankStateCheckpoint(pl.Callback):
         gathered = checkpoint.get(CHECKPOINT_KEY)
         if gathered is None:
             log.warning(
-                "The checkpoint holds no random generator or metric states: the resumed run "
+                "The checkpoint contains no random generator or metric states: the resumed run "
                 "draws other random numbers than the interrupted one would have"
             )
             return
         if len(gathered) != trainer.world_size:
             log.warning(
-                "The checkpoint holds the states of %d ranks but this run has world_size=%d: "
+                "The checkpoint contains the states of %d ranks but this run has world_size=%d: "
                 "random generators keep their seeded states and metrics start empty",
                 len(gathered),
                 trainer.world_size,

@@ -23,8 +23,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     system than the run directory (a ``tmpfs`` ``/tmp``, a node-local disk on a cluster), the move
     degrades to a copy into the target, which a kill can interrupt half-way. Here the temporary
     file sits in the target's own folder, is flushed to disk with ``fsync``, and replaces the
-    target with ``os.replace``, which POSIX makes atomic within one file system: a reader sees
-    either the old complete file or the new complete file.
+    target with ``os.replace``. POSIX makes that rename atomic within one file system, so a
+    reader finds either the old complete file or the new complete file.
 
     Remote paths (``s3://``, ``gs://``, ...) go to Lightning's implementation unchanged.
     """

@@ -71,14 +71,14 @@ def resolve_resume_path(ckpt_path: str | None, log_dir: str | Path) -> Path | No
 def check_checkpoint_matches_model(
     checkpoint: dict[str, Any], model: torch.nn.Module, path: str | Path
 ) -> None:
-    """Raise ``ValueError`` unless ``checkpoint`` holds weights of exactly ``model``'s parameters.
+    """Raise ``ValueError`` unless ``checkpoint`` contains weights for exactly ``model``'s parameters.
 
     Compares names and shapes of the state dict, so a checkpoint of another network (``mlp``
     against ``cnn``, another width) is rejected before training starts, with the differences.
     """
     if "state_dict" not in checkpoint:
         raise ValueError(
-            f"checkpoint {path} holds no model weights (key 'state_dict'): it is not a Lightning checkpoint"
+            f"checkpoint {path} contains no model weights (key 'state_dict'): it is not a Lightning checkpoint"
         )
     stored = {name: tuple(value.shape) for name, value in checkpoint["state_dict"].items()}
     expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}

@@ -90,7 +90,7 @@ def available_devices(accelerator: str) -> tuple[str, int] | None:
 
 
 def requested_device_count(devices: Any) -> int | None:
-    """Number of devices ``trainer.devices`` asks for; ``None`` for ``auto`` and ``-1`` (all)."""
+    """Number of devices ``trainer.devices`` requests; ``None`` for ``auto`` and ``-1`` (all)."""
     if isinstance(devices, (list, ListConfig)):
         return len(devices)
     if isinstance(devices, str):
