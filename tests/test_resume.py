@@ -26,7 +26,7 @@ from descend.data.resumable_loader import ResumableDataLoader, ResumableDistribu
 from descend.data.tensor_batches import TensorBatchLoader
 from descend.train import TrainingInterrupted, continue_wandb_run, train
 from descend.utils.atomic_checkpoint_io import AtomicCheckpointIO
-from descend.utils.checkpoints import find_last_checkpoint, resolve_resume_path
+from descend.utils.checkpoints import RESUME_PATH_ENV, find_last_checkpoint, resolve_resume_path
 
 # Digits with 256 samples per batch: 6 batches per epoch (1437 / 256 rounded up). Adam, a
 # scheduler stepped every batch and dropout make the optimizer, scheduler and random generator
@@ -278,7 +278,9 @@ def test_atomic_checkpoint_io_keeps_old_file_on_failure(tmp_path: Path, monkeypa
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
 
 
-def test_ckpt_path_last_picks_newest(tmp_path: Path):
+def test_ckpt_path_last_picks_newest(tmp_path: Path, monkeypatch):
+    # resolve_resume_path records its choice for DDP processes; keep it out of later tests.
+    monkeypatch.setenv(RESUME_PATH_ENV, "")
     older = tmp_path / "train" / "runs" / "a" / "checkpoints" / "last.ckpt"
     newer = tmp_path / "train" / "runs" / "b" / "checkpoints" / "last.ckpt"
     for index, path in enumerate((older, newer)):

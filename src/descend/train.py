@@ -77,14 +77,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(seed, workers=True, verbose=False)
     log.info("Seed: %d", seed)
     output_dir = Path(cfg.paths.output_dir)
-    run_record, git_diff = collect_run_record(seed, command_overrides(), REPOSITORY_DIR)
-    run_record["resumed_from"] = str(resume_path.resolve()) if resume_path else None
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    if rank_zero_only.rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(run_config, output_dir / "config.yaml")
-        write_run_record(output_dir, run_record, git_diff)
-        warn_if_dirty(run_record, output_dir)
+    run_config, run_record = record_run(cfg, seed, resume_path, output_dir)
 
     log.info("Instantiating data <%s>", cfg.data._target_)
     datamodule: pl.LightningDataModule = instantiate_node(cfg.data, "data")
@@ -102,8 +95,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         del resume_checkpoint
 
-    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     interrupt = CheckpointOnInterrupt()
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
     callbacks += [
         StoreRunConfig(run_config),
         RankStateCheckpoint(seed),
@@ -157,6 +150,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         report(metrics, best_path, output_dir, results_path)
     finish_wandb()
     return metrics
+
+
+def record_run(
+    cfg: DictConfig, seed: int, resume_path: Path | None, output_dir: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write ``config.yaml``, ``run_record.json`` and ``git_diff.patch`` (rank 0 only); return
+    the resolved config and the run record as plain dicts."""
+    run_record, git_diff = collect_run_record(seed, command_overrides(), REPOSITORY_DIR)
+    run_record["resumed_from"] = str(resume_path.resolve()) if resume_path else None
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    if rank_zero_only.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(run_config, output_dir / "config.yaml")
+        write_run_record(output_dir, run_record, git_diff)
+        warn_if_dirty(run_record, output_dir)
+    return run_config, run_record
 
 
 def command_overrides() -> list[str]:

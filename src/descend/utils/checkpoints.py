@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ def stored_run_config(checkpoint: dict[str, Any], path: str | Path) -> DictConfi
 
 
 LAST_CHECKPOINT_NAME = "last.ckpt"
+RESUME_PATH_ENV = "DESCEND_RESUME_PATH"
 
 
 def find_last_checkpoint(log_dir: str | Path) -> Path:
@@ -58,7 +60,14 @@ def resolve_resume_path(ckpt_path: str | None, log_dir: str | Path) -> Path | No
     if ckpt_path is None or str(ckpt_path) == "":
         return None
     if str(ckpt_path) == "last":
-        return find_last_checkpoint(log_dir)
+        # DDP processes that Lightning starts re-run this; they reuse rank 0's choice, because a
+        # newer last.ckpt may have appeared under log_dir since rank 0 looked.
+        inherited = os.environ.get(RESUME_PATH_ENV)
+        if inherited and os.environ.get("LOCAL_RANK", "0") != "0":
+            return Path(inherited)
+        path = find_last_checkpoint(log_dir)
+        os.environ[RESUME_PATH_ENV] = str(path)
+        return path
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(
