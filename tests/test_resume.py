@@ -312,3 +312,33 @@ def test_rank_states_restore_random_draws_and_metrics():
     assert drawn[1:] == expected[1:]
     # One of the two predictions was right.
     assert metric.compute().item() == 0.5
+
+
+@pytest.mark.slow
+def test_dataloader_path_resumes_mid_epoch(make_config):
+    """The DataLoader path (one worker process) continues exactly from a step-8 checkpoint."""
+    settings = [item for item in RUN_OVERRIDES if not item.startswith("trainer.max_steps")]
+    settings += ["data.loader=dataloader", "data.num_workers=1", "trainer.max_epochs=20"]
+
+    # paths.output_dir resolves against the config composed last, so read it before the next one.
+    full = make_config(*settings, "trainer.max_steps=14")
+    full_dir = Path(full.paths.output_dir)
+    train(full)
+    first_part = make_config(*settings, "trainer.max_steps=8")
+    first_last = Path(first_part.paths.output_dir) / "checkpoints" / "last.ckpt"
+    train(first_part)
+
+    loader_state = torch.load(first_last, weights_only=False)["loops"]["fit_loop"]["state_dict"]
+    assert loader_state["combined_loader"][0]["epoch"] == 1
+    assert loader_state["combined_loader"][0]["batches_done"] == 8 - BATCHES_PER_EPOCH
+
+    second_part = make_config(*settings, "trainer.max_steps=14", f"ckpt_path={first_last}")
+    resumed_dir = Path(second_part.paths.output_dir)
+    train(second_part)
+
+    resumed_losses = logged_losses(resumed_dir)
+    assert sorted(resumed_losses) == list(range(8, 14))
+    expected_losses = logged_losses(full_dir)
+    for step, loss in resumed_losses.items():
+        assert loss == expected_losses[step], f"train/loss at step {step}"
+    assert_same_weights(final_weights(resumed_dir), final_weights(full_dir))
