@@ -1,4 +1,4 @@
-"""Turn SIGTERM and Ctrl-C into a checkpoint and a clean stop."""
+"""Turn SIGTERM and Ctrl-C into a checkpoint and a clean stop between two optimizer steps."""
 
 from __future__ import annotations
 
@@ -9,25 +9,35 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT_NAME = "last.ckpt"
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class CheckpointOnInterrupt(pl.Callback):
-    """Write ``last.ckpt`` when SIGTERM or SIGINT (Ctrl-C) stops training.
+    """Stop training after the current optimizer step on SIGTERM or Ctrl-C, and save ``last.ckpt``.
 
-    Lightning 2.6 already turns SIGTERM into a flag that stops the fit loop after the current
-    optimizer step with a ``SIGTERMException`` (a ``SystemExit`` with status 0). This callback
-    routes the first SIGINT the same way, so Ctrl-C also stops between two steps and never in the
-    middle of an optimizer update; a second Ctrl-C raises ``KeyboardInterrupt`` at once. When
-    the stop arrives, ``on_exception`` saves a checkpoint to ``<checkpoint dir>/last.ckpt`` (the
-    ``ModelCheckpoint`` folder, or ``<default_root_dir>/checkpoints``) and records which signal it
-    was in :attr:`signal_name` and where it saved in :attr:`checkpoint_path`; the caller decides
-    the exit status. Under DDP every rank must reach ``on_exception`` because saving is
-    collective: Lightning broadcasts rank 0's SIGTERM flag before each step.
+    From ``on_train_start`` to the end of training, the handlers of SIGTERM and SIGINT only
+    record the signal; a second Ctrl-C raises ``KeyboardInterrupt`` at once. At the end of each
+    training batch the ranks agree on the stop (an all-reduce of one integer under DDP) and all
+    set Lightning's SIGTERM flag, so every rank raises Lightning's ``SIGTERMException`` after the
+    step's metrics are logged (and after validation, when one is due at that step).
+    ``on_exception`` then saves ``<checkpoint dir>/last.ckpt`` (the ``ModelCheckpoint`` folder,
+    or ``<default_root_dir>/checkpoints``) and records its path in :attr:`checkpoint_path`; the
+    caller decides the exit status.
+
+    Lightning 2.6's own SIGTERM handler is replaced during training because it calls
+    ``torch.distributed.broadcast`` inside the signal handler. When every DDP process receives
+    SIGTERM (a scheduler, a terminal's Ctrl-C, Lightning forwarding the signal to the processes it
+    started), those broadcasts do not pair up and the ranks hang. A signal that arrives before
+    ``on_train_start`` still goes through Lightning's handler.
+
+    NOTE: SLURM's auto-requeue (Lightning's ``SLURMEnvironment(auto_requeue=True)``) listens to
+    SIGUSR1 and is unaffected, but its SIGTERM bypass is replaced during training as well.
     """
 
     def __init__(self) -> None:
@@ -35,44 +45,54 @@ class CheckpointOnInterrupt(pl.Callback):
         self.checkpoint_path: Path | None = None
         self._previous_handlers: dict[int, Any] = {}
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.signal_name = None
         self.checkpoint_path = None
-        # Lightning installs its SIGTERM handler after this hook and keeps ours in the chain.
-        self._install(signal.SIGTERM, self._on_sigterm)
-        self._install(signal.SIGINT, self._on_sigint)
+        for signum in HANDLED_SIGNALS:
+            try:
+                self._previous_handlers[signum] = signal.signal(signum, self._record_signal)
+            except ValueError:
+                # Handlers can only be set in the main thread; leave the signal to Lightning.
+                log.debug("Not in the main thread: %s keeps its handler", signum)
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers = {}
-
-    def _install(self, signum: int, handler: Any) -> None:
-        try:
-            self._previous_handlers[signum] = signal.signal(signum, handler)
-        except ValueError:
-            # Signal handlers can only be set from the main thread; stay passive elsewhere.
-            log.debug("Not in the main thread: %s is left to its default handler", signum)
-
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal_name is None:
-            self.signal_name = "SIGTERM"
-
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal_name == "SIGINT":
+    def _record_signal(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if name == "SIGINT" and self.signal_name == "SIGINT":
             raise KeyboardInterrupt
-        self.signal_name = "SIGINT"
+        if self.signal_name is not None:
+            return
+        self.signal_name = name
+        hint = " (press Ctrl-C again to abort without one)" if name == "SIGINT" else ""
         log.warning(
-            "Ctrl-C: stopping after the current step and saving a checkpoint (press Ctrl-C again to abort without one)"
+            "%s received: stopping after the current step and saving a checkpoint%s", name, hint
         )
-        # Lightning's SIGTERM handler sets the flag the fit loop checks after each step.
-        signal.raise_signal(signal.SIGTERM)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        signum = int(signal.Signals[self.signal_name]) if self.signal_name else 0
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            flag = torch.tensor([signum], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item())
+        if signum:
+            self.signal_name = signal.Signals(signum).name
+            # NOTE: private attribute of Lightning 2.6: the flag that its fit loop checks after
+            # logging each step, the same one its own SIGTERM handler sets.
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_handlers()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
+        self._restore_handlers()
         if not isinstance(exception, SIGTERMException):
             return
         if self.signal_name is None:
@@ -86,6 +106,11 @@ class CheckpointOnInterrupt(pl.Callback):
             trainer.global_step,
             path,
         )
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
 
 def checkpoint_dir(trainer: pl.Trainer) -> Path:
