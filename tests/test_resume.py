@@ -9,13 +9,15 @@ import random
 import re
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT, run_command
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from wandb_records import find_run_files, run_contents
 
+import descend.train
 from descend.callbacks.rank_state import (
     collect_metric_states,
     collect_rng_states,
@@ -342,3 +344,44 @@ def test_dataloader_path_resumes_mid_epoch(make_config):
     for step, loss in resumed_losses.items():
         assert loss == expected_losses[step], f"train/loss at step {step}"
     assert_same_weights(final_weights(resumed_dir), final_weights(full_dir))
+
+
+class LastCheckpointProbe(pl.Callback):
+    """Record the global step stored in ``last.ckpt`` at the start of every training batch."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.seen: list[int | None] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.path.exists():
+            self.seen.append(torch.load(self.path, weights_only=False)["global_step"])
+        else:
+            self.seen.append(None)
+
+
+def test_last_checkpoint_written_before_first_validation(make_config, monkeypatch):
+    # 6 batches per epoch: steps 2 and 4 come before the first validation (after step 6), when
+    # val/acc, the monitored metric, does not exist yet.
+    cfg = make_config(
+        "data.batch_size=256",
+        "trainer.max_steps=5",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "test=false",
+    )
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with open_dict(cfg):
+        cfg.callbacks.probe = {"_target_": "test_resume.LastCheckpointProbe", "path": str(last)}
+    probes = []
+    original = descend.train.instantiate_group
+
+    def keep_probe(group, name):
+        objects = original(group, name)
+        probes.extend(obj for obj in objects if isinstance(obj, LastCheckpointProbe))
+        return objects
+
+    monkeypatch.setattr(descend.train, "instantiate_group", keep_probe)
+    train(cfg)
+
+    # Before batches 1..5: nothing, nothing, step 2, step 2, step 4.
+    assert probes[0].seen == [None, None, 2, 2, 4]
