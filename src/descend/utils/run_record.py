@@ -52,6 +52,7 @@ def git_state(repository: Path) -> dict[str, Any]:
 
 
 def package_versions() -> dict[str, str | None]:
+    """Return the installed version of each package in :data:`PACKAGES` (``None``: not installed)."""
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -102,8 +103,9 @@ def warn_if_dirty(record: dict[str, Any], output_dir: Path) -> None:
         return
     _dirty_warning_shown = True
     log.warning(
-        "The git tree has uncommitted changes: this run is not reproducible from commit %s alone "
-        "(the diff is saved in %s)",
+        "The git tree has uncommitted changes: this run is not reproducible from commit %s alone. "
+        "git status is saved in %s and the diff of tracked files in %s",
         record["git"]["commit"],
+        output_dir / RECORD_FILE,
         output_dir / DIFF_FILE,
     )
