@@ -31,10 +31,11 @@ class CheckpointOnInterrupt(pl.Callback):
     caller decides the exit status.
 
     Lightning 2.6's own SIGTERM handler is replaced during training because it calls
-    ``torch.distributed.broadcast`` inside the signal handler. When every DDP process receives
-    SIGTERM (a scheduler, a terminal's Ctrl-C, Lightning forwarding the signal to the processes it
-    started), those broadcasts do not pair up and the ranks hang. A signal that arrives before
-    ``on_train_start`` still goes through Lightning's handler.
+    ``torch.distributed.broadcast`` inside the signal handler. When several DDP processes receive
+    SIGTERM (a scheduler that signals every task, or Lightning forwarding rank 0's signal to the
+    processes it started), those broadcasts do not pair up and the ranks hang (seen with
+    ``trainer=ddp_sim``). A signal that arrives before ``on_train_start`` still goes through
+    Lightning's handler.
 
     NOTE: SLURM's auto-requeue (Lightning's ``SLURMEnvironment(auto_requeue=True)``) listens to
     SIGUSR1 and is unaffected, but its SIGTERM bypass is replaced during training as well.
