@@ -72,22 +72,27 @@ def test_more_gpus_than_exist_rejected(make_config):
     ("key", "value", "message"),
     [
         (
-            "resolution",
-            "0",
-            "callbacks.landscape.resolution=0 is invalid: a grid needs an integer number of points >= 1",
+            "grid_points",
+            "[0,21]",
+            "callbacks.landscape.grid_points=[0, 21] is invalid: each axis of a grid needs an "
+            "integer number of points >= 1",
         ),
         (
-            "span",
-            "[1.0,1.0]",
-            "callbacks.landscape.span=[1.0, 1.0] is invalid: it must be [low, high] with low < high",
+            "line_points",
+            "0",
+            "callbacks.landscape.line_points=0 is invalid: each axis of a grid needs an integer "
+            "number of points >= 1",
+        ),
+        (
+            "random_extent",
+            "[1.0,0.0]",
+            "callbacks.landscape.random_extent=[1.0, 0.0] is invalid: each half-width must be a "
+            "number > 0",
         ),
     ],
 )
 def test_empty_landscape_grid_rejected(make_config, key, value, message):
-    cfg = make_config(
-        "+callbacks.landscape._target_=descend.callbacks.landscape.LossLandscape",
-        f"+callbacks.landscape.{key}={value}",
-    )
+    cfg = make_config(f"callbacks.landscape.{key}={value}")
     with pytest.raises(ValueError) as raised:
         train(cfg)
     assert message in str(raised.value)

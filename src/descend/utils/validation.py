@@ -15,10 +15,10 @@ log = logging.getLogger(__name__)
 
 ACCELERATOR_ALIASES = ("auto", "gpu")
 
-# Integer settings of a loss-landscape grid: the number of points along an axis must be >= 1.
-GRID_SIZE_KEYS = ("resolution", "num_points", "steps", "grid_size")
-# Interval settings of a grid, [low, high] with low < high.
-GRID_RANGE_KEYS = ("span", "range", "x_range", "y_range", "alpha_range", "beta_range")
+# Point counts of the loss-landscape grids: one integer or one per axis, each >= 1.
+GRID_SIZE_KEYS = ("grid_points", "line_points")
+# Half-widths of the random plane and line: one number or one per axis, each > 0.
+GRID_EXTENT_KEYS = ("random_extent",)
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -146,32 +146,36 @@ def _grid_nodes(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:
 def check_landscape_grids(cfg: DictConfig) -> None:
     """Reject empty loss-landscape grids in ``landscape`` and in landscape callbacks.
 
-    NOTE: the landscape settings are still being designed; this hook checks the keys in
-    :data:`GRID_SIZE_KEYS` and :data:`GRID_RANGE_KEYS` wherever they appear in those nodes.
-    Extend it when the landscape config gains other grid keys.
+    A grid is empty when an axis has no point (:data:`GRID_SIZE_KEYS`) or no width
+    (:data:`GRID_EXTENT_KEYS`).
     """
     for prefix, node in _grid_nodes(cfg):
         for key, value in node.items():
             if value is None:
                 continue
-            if key in GRID_SIZE_KEYS and not _is_positive_int(value):
+            values = list(value) if isinstance(value, (list, ListConfig)) else [value]
+            if key in GRID_SIZE_KEYS and not all(_is_positive_int(v) for v in values):
                 raise ValueError(
-                    f"{prefix}.{key}={value!r} is invalid: a grid needs an integer number of "
-                    "points >= 1"
+                    f"{prefix}.{key}={_show(value)} is invalid: each axis of a grid needs an "
+                    "integer number of points >= 1"
                 )
-            if key in GRID_RANGE_KEYS and not _is_interval(value):
+            if key in GRID_EXTENT_KEYS and not all(_is_positive_number(v) for v in values):
                 raise ValueError(
-                    f"{prefix}.{key}={value!r} is invalid: it must be [low, high] with "
-                    "low < high, otherwise the grid is empty"
+                    f"{prefix}.{key}={_show(value)} is invalid: each half-width must be a "
+                    "number > 0, otherwise the grid is empty"
                 )
+
+
+def _show(value: Any) -> Any:
+    return list(value) if isinstance(value, ListConfig) else value
 
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _is_interval(value: Any) -> bool:
-    return isinstance(value, (list, ListConfig)) and len(value) == 2 and value[0] < value[1]
+def _is_positive_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and value > 0
 
 
 CONFIG_CHECKS: list[Callable[[DictConfig], None]] = [
