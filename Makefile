@@ -10,7 +10,7 @@ CKPT ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train train-ddp-sim eval test test-fast lint format sync clean
+.PHONY: help install train train-ddp-sim eval landscape test test-fast lint format sync clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ train-ddp-sim: $(STAMP) ## Train with 2 CPU processes (DDP over gloo)
 eval: $(STAMP) ## Evaluate a checkpoint on the test split: make eval CKPT=path/to.ckpt
 	@test -n "$(CKPT)" || { echo "CKPT is missing: make eval CKPT=logs/train/runs/<run>/checkpoints/last.ckpt"; exit 2; }
 	$(BIN)/descend-eval ckpt_path=$(CKPT) $(ARGS)
+
+landscape: $(STAMP) ## Recompute loss landscapes of a checkpoint: make landscape CKPT=path/to.ckpt ARGS="surfaces=[random]"
+	@test -n "$(CKPT)" || { echo "CKPT is missing: make landscape CKPT=logs/train/runs/<run>/checkpoints/last.ckpt"; exit 2; }
+	$(BIN)/descend-landscape ckpt_path=$(CKPT) $(ARGS)
 
 test: $(STAMP) ## Run the whole test suite, slow tests included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
+from descend.data.resumable_loader import ResumableDataLoader, ResumableDistributedSampler
 from descend.data.tensor_batches import TensorBatchLoader
+from descend.utils.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,8 @@ class InMemoryDataModule(pl.LightningDataModule):
       indexing them there.
     * ``loader="dataloader"`` (large data sets): a ``torch.utils.data.DataLoader`` with workers,
       pinned memory on CUDA and a seeded ``DistributedSampler`` (also in a single process, so the
-      order depends only on ``seed`` and the epoch).
+      order depends only on ``seed`` and the epoch); it resumes mid-epoch from a checkpoint (see
+      :class:`~descend.data.resumable_loader.ResumableDataLoader`).
 
     Both ways give each DDP rank a disjoint shard of every epoch's permutation, identical across
     runs with the same ``seed``.
@@ -165,13 +168,14 @@ class InMemoryDataModule(pl.LightningDataModule):
             )
 
         dataset = TensorDataset(inputs, targets)
-        sampler = DistributedSampler(
+        sampler = ResumableDistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=self.seed
         )
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, rank)),
             drop_last=self.drop_last and train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -33,8 +33,14 @@ class TensorBatchLoader:
         world_size: number of processes that share the data.
 
     The loader is stateful: ``state_dict`` records the epoch and how many batches of it were
-    handed out, and ``load_state_dict`` makes the next iteration resume at that batch with the
-    same permutation, so an interrupted epoch continues exactly where it stopped.
+    handed out, and ``load_state_dict`` makes the next iteration of that same epoch resume at the
+    following batch with the same permutation, so an interrupted epoch continues exactly where it
+    stopped. Lightning 2.6 stores this state in its checkpoints (``FitLoop`` saves the state of
+    every train loader that has ``state_dict``). Its data fetcher prefetches no batch when the
+    loader has a length, so the count equals the batches whose step has started. If
+    ``set_epoch`` moves to another epoch before iterating, the resume position is dropped: a
+    checkpoint taken after the last batch of epoch ``e`` starts epoch ``e + 1`` from its first
+    batch.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class TensorBatchLoader:
         self.world_size = world_size
         self.epoch = 0
         self._batches_done = 0
+        self._resume_epoch: int | None = None
         self._resume_batches = 0
 
     @property
@@ -115,8 +122,10 @@ class TensorBatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         indices = self.shard_indices(self.epoch).to(self.tensors[0].device)
-        first_batch = self._resume_batches
+        first_batch = self._resume_batches if self._resume_epoch == self.epoch else 0
+        self._resume_epoch = None
         self._resume_batches = 0
+        self._batches_done = first_batch
 
         for batch_index in range(first_batch, len(self)):
             start = batch_index * self.batch_size
@@ -131,4 +140,5 @@ class TensorBatchLoader:
         self.epoch = int(state["epoch"])
         self.seed = int(state["seed"])
         self._batches_done = int(state["batches_done"])
+        self._resume_epoch = self.epoch
         self._resume_batches = self._batches_done

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
@@ -33,5 +34,38 @@ def instantiate_group(group: DictConfig | None, group_name: str) -> list[Any]:
                 "class to build"
             )
         log.debug("Instantiating %s.%s <%s>", group_name, name, entry._target_)
-        objects.append(hydra.utils.instantiate(entry))
+        objects.append(instantiate_node(entry, f"{group_name}.{name}"))
     return objects
+
+
+def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """Call ``hydra.utils.instantiate(node, **kwargs)``, turning an import failure into an
+    ``ImportError`` that names the config key and the module that could not be imported.
+
+    Hydra 1.3 reports a failed import of a ``_target_`` only as "Error locating target", with
+    the real cause in the exception chain; a missing optional dependency is then hard to spot.
+    """
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = _innermost_import_error(error)
+        if cause is None:
+            raise
+        missing = f" (module {cause.name!r})" if getattr(cause, "name", None) else ""
+        raise ImportError(
+            f"{key}: {type(cause).__name__}: {cause}{missing}. The class it names needs a module "
+            "that is not installed or fails to import: install it, or choose another option "
+            "for this config entry"
+        ) from error
+
+
+def _innermost_import_error(error: BaseException) -> ImportError | None:
+    found = None
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ImportError):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
