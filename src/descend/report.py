@@ -80,14 +80,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(name: str, summary: Summary, output_dir: Path) -> list[Path]:
-    """Write the figures (PNG), the table (markdown and CSV); return the paths written."""
+def write_report(name: str, summary: Summary, output_dir: Path) -> dict[str, Path]:
+    """Write the figures (PNG) and the table (markdown and CSV); return the paths written, by
+    figure name, ``"markdown"`` and ``"csv"``."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = {}
     for figure_name, figure in summary.figures.items():
         path = output_dir / f"{name}_{figure_name}.png"
         figure.savefig(path, dpi=110)
-        written.append(path)
+        written[figure_name] = path
 
     markdown_path = output_dir / f"{name}.md"
     markdown_path.write_text(markdown_table(summary.rows))
@@ -96,7 +97,7 @@ def write_report(name: str, summary: Summary, output_dir: Path) -> list[Path]:
         writer = csv.DictWriter(file, fieldnames=table_columns(summary.rows))
         writer.writeheader()
         writer.writerows(summary.rows)
-    return [*written, markdown_path, csv_path]
+    return {**written, "markdown": markdown_path, "csv": csv_path}
 
 
 def wandb_mode(runs: list[Run]) -> str | None:
@@ -113,8 +114,16 @@ def wandb_mode(runs: list[Run]) -> str | None:
     return "online" if "online" in modes else "offline"
 
 
-def log_to_wandb(name: str, summary: Summary, runs: list[Run], sweep_dir: Path, mode: str) -> Path:
-    """Log the figures and the table to a new W&B run; return its local directory."""
+def log_to_wandb(
+    name: str,
+    summary: Summary,
+    figure_paths: dict[str, Path],
+    runs: list[Run],
+    sweep_dir: Path,
+    mode: str,
+) -> Path:
+    """Log the figures (the PNG files written) and the table to a new W&B run; return its local
+    directory."""
     import wandb
 
     wandb_config = runs[0].config.get("logger", {}).get("wandb") or {}
@@ -135,7 +144,8 @@ def log_to_wandb(name: str, summary: Summary, runs: list[Run], sweep_dir: Path, 
         columns=columns,
         data=[[format_value(row.get(key, "")) for key in columns] for row in summary.rows],
     )
-    images = {f"report/{key}": wandb.Image(figure) for key, figure in summary.figures.items()}
+    # wandb 0.31 reads a matplotlib Figure only after pyplot was imported, so it gets the files.
+    images = {f"report/{key}": wandb.Image(str(figure_paths[key])) for key in summary.figures}
     run.log({**images, "report/table": table})
     local_dir = Path(run.dir).parent
     run.finish()
@@ -163,12 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = find_runs(args.sweep)
     name, summary = build_summary(runs)
     output_dir = args.output or args.sweep / "report"
-    for path in write_report(name, summary, output_dir):
+    written = write_report(name, summary, output_dir)
+    for path in written.values():
         log.info("Wrote %s", path)
 
     mode = wandb_mode(runs) if args.wandb == "auto" else None
     if mode is not None:
-        local_dir = log_to_wandb(name, summary, runs, args.sweep, mode)
+        local_dir = log_to_wandb(name, summary, written, runs, args.sweep, mode)
         log.info("Logged the report to W&B (%s): %s", mode, local_dir)
     sys.stdout.write(markdown_table(summary.rows))
     return 0

@@ -64,7 +64,8 @@ def plot_summary(runs: list[Run], rows: list[dict]) -> Figure:
         steps, losses = run.series("train/loss")
         left.plot(steps, losses, color=colour, linewidth=1, label=label)
         if row["verdict"] == "diverged" and steps:
-            step = row["detection_step"]
+            # The loss of optimizer step k is logged at step k - 1 (before that update).
+            step = row["detection_step"] - 1
             loss = float(np.interp(step, steps, losses))
             left.plot(step, loss, "x", color="red", markersize=10, markeredgewidth=2)
 
