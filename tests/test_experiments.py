@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 
+import hydra
 import numpy as np
 import pytest
+import torch
 
-from descend.experiments.runs import load_run
+from descend.experiments.init_seeds import pair_curves
+from descend.experiments.runs import find_runs, load_run
 from descend.report import main as report_main
 from descend.train import train
 
@@ -73,3 +76,32 @@ def test_lr_sweep_reports_largest_rate_divergent(make_config, tmp_path):
     assert losses[first_above] > 10 * losses[0]
     assert float(rows[1]["detection_step"]) == first_above + 1
     assert int(rows[1]["steps_trained"]) < 23, "divergence must stop training within the epoch"
+
+
+@pytest.mark.slow
+def test_init_seeds_curve_matches_averaged_weights(make_config, tmp_path):
+    for seed in (0, 1):
+        train(make_config("experiment=init_seeds", f"seed={seed}", "trainer.max_epochs=1"))
+    runs = find_runs(tmp_path)
+    ((first, second, curve),) = pair_curves(runs, num_points=3, num_samples=None, batch_size=2000)
+
+    # By hand: the MLP with the mean of both final state dicts, on the whole training split.
+    states = [
+        torch.load(run.path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        for run in runs
+    ]
+    module = hydra.utils.instantiate(runs[0].config.model)
+    datamodule = hydra.utils.instantiate(runs[0].config.data)
+    datamodule.setup("fit")
+    inputs, targets = datamodule.splits["train"]
+    losses = []
+    for alpha in (0.0, 0.5, 1.0):
+        mixed = {key: (1 - alpha) * states[0][key] + alpha * states[1][key] for key in states[0]}
+        module.load_state_dict(mixed)
+        module.eval()
+        with torch.no_grad():
+            losses.append(torch.nn.functional.cross_entropy(module(inputs), targets).item())
+
+    assert (first.seed, second.seed) == (0, 1)
+    np.testing.assert_allclose(curve.loss, losses, rtol=1e-5)
+    assert curve.barrier_height == pytest.approx(losses[1] - max(losses[0], losses[2]), rel=1e-5)
