@@ -163,4 +163,4 @@ def test_misspelled_monitor_fails_at_first_validation(make_config):
     # Lightning 2.6's ModelCheckpoint raises at the first validation and lists the logged keys.
     assert "`ModelCheckpoint(monitor='val/acx')` could not find the monitored key" in message
     assert "'val/acc'" in message
-    assert "'train/loss'" in message
+    assert "'val/loss'" in message
