@@ -18,6 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from wandb_records import find_run_files, run_contents
 
 import descend.train
+from descend.callbacks.interrupt import TrainingInterrupted
 from descend.callbacks.rank_state import (
     collect_metric_states,
     collect_rng_states,
@@ -26,7 +27,8 @@ from descend.callbacks.rank_state import (
 )
 from descend.data.resumable_loader import ResumableDataLoader, ResumableDistributedSampler
 from descend.data.tensor_batches import TensorBatchLoader
-from descend.train import TrainingInterrupted, continue_wandb_run, train
+from descend.loggers.wandb_logger import continue_wandb_run
+from descend.train import train
 from descend.utils.atomic_checkpoint_io import AtomicCheckpointIO
 from descend.utils.checkpoints import RESUME_PATH_ENV, find_last_checkpoint, resolve_resume_path
 

@@ -92,3 +92,14 @@ def test_eval_reproduces_test_metrics(make_config):
     eval_metrics = evaluate(eval_cfg)
     assert eval_metrics["test/acc"] == train_metrics["test/acc"]
     assert eval_metrics["test/loss"] == train_metrics["test/loss"]
+
+
+def test_last_checkpoint_holds_final_step(make_config):
+    # mode=min on val/acc makes the first epoch the "best", so later epochs save no top-k
+    # checkpoint; last.ckpt must still follow training to its final step.
+    cfg = make_config("trainer.max_epochs=3", "callbacks.model_checkpoint.mode=min", "test=false")
+    train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 3 * 23
+    assert (checkpoints / "epoch_000.ckpt").is_file()

@@ -13,16 +13,18 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
-from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from descend.callbacks.interrupt import CheckpointOnInterrupt
+from descend.callbacks.interrupt import (
+    CheckpointOnInterrupt,
+    TrainingInterrupted,
+    report_interruption,
+)
 from descend.callbacks.rank_state import RankStateCheckpoint
 from descend.callbacks.run_config import StoreRunConfig
-from descend.callbacks.wandb_run_id import CHECKPOINT_KEY as WANDB_RUN_ID_KEY
 from descend.callbacks.wandb_run_id import StoreWandbRunId
+from descend.loggers.wandb_logger import continue_wandb_run
 from descend.utils.atomic_checkpoint_io import AtomicCheckpointIO
 from descend.utils.checkpoints import (
     check_checkpoint_matches_model,
@@ -34,9 +36,13 @@ from descend.utils.instantiate import instantiate_group, instantiate_node
 from descend.utils.logging_setup import install_rank_zero_filter
 from descend.utils.resolvers import register_resolvers
 from descend.utils.run_outputs import finish_wandb, metrics_to_floats, write_results
-from descend.utils.run_record import collect_run_record, warn_if_dirty, write_run_record
+from descend.utils.run_record import record_run
 from descend.utils.seeding import fix_config_seed
-from descend.utils.validation import check_batch_size_fits, validate_train_config
+from descend.utils.validation import (
+    check_batch_size_fits,
+    check_trained,
+    validate_train_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +50,6 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 REPOSITORY_DIR = CONFIG_DIR.parent
 
 register_resolvers()
-
-
-class TrainingInterrupted(SystemExit):
-    """Raised when SIGTERM or Ctrl-C stopped training after saving a checkpoint.
-
-    Its exit status is 128 + the signal number (143 for SIGTERM, 130 for SIGINT), as a shell
-    reports a process killed by that signal, so schedulers and scripts see a failed run.
-    """
-
-    def __init__(self, signal_name: str, checkpoint_path: Path | None) -> None:
-        super().__init__(143 if signal_name == "SIGTERM" else 130)
-        self.signal_name = signal_name
-        self.checkpoint_path = checkpoint_path
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -77,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(seed, workers=True, verbose=False)
     log.info("Seed: %d", seed)
     output_dir = Path(cfg.paths.output_dir)
-    run_config, run_record = record_run(cfg, seed, resume_path, output_dir)
+    run_config, run_record = record_run(cfg, seed, resume_path, output_dir, REPOSITORY_DIR)
 
     log.info("Instantiating data <%s>", cfg.data._target_)
     datamodule: pl.LightningDataModule = instantiate_node(cfg.data, "data")
@@ -150,77 +143,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         report(metrics, best_path, output_dir, results_path)
     finish_wandb()
     return metrics
-
-
-def record_run(
-    cfg: DictConfig, seed: int, resume_path: Path | None, output_dir: Path
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Write ``config.yaml``, ``run_record.json`` and ``git_diff.patch`` (rank 0 only); return
-    the resolved config and the run record as plain dicts."""
-    run_record, git_diff = collect_run_record(seed, command_overrides(), REPOSITORY_DIR)
-    run_record["resumed_from"] = str(resume_path.resolve()) if resume_path else None
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    if rank_zero_only.rank == 0:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(run_config, output_dir / "config.yaml")
-        write_run_record(output_dir, run_record, git_diff)
-        warn_if_dirty(run_record, output_dir)
-    return run_config, run_record
-
-
-def command_overrides() -> list[str]:
-    """Return the Hydra overrides of the command line (empty outside a Hydra app)."""
-    if not HydraConfig.initialized():
-        return []
-    return list(HydraConfig.get().overrides.task)
-
-
-def continue_wandb_run(cfg: DictConfig, checkpoint: dict[str, Any] | None) -> None:
-    """Point ``logger.wandb.id`` at the checkpoint's W&B run when ``logger.wandb.resume`` is set.
-
-    Without ``resume`` a resumed training starts a new W&B run, because reusing an id silently
-    would mix two trainings' histories.
-    """
-    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if not isinstance(wandb_cfg, DictConfig) or not wandb_cfg.get("resume"):
-        return
-    if wandb_cfg.get("id"):
-        return
-    run_id = checkpoint.get(WANDB_RUN_ID_KEY) if checkpoint is not None else None
-    if run_id is None:
-        raise ValueError(
-            f"logger.wandb.resume={wandb_cfg.resume} needs a W&B run id: pass ckpt_path=<a "
-            "checkpoint written with the W&B logger> or logger.wandb.id=<run id>"
-        )
-    with open_dict(cfg):
-        cfg.logger.wandb.id = run_id
-    log.info("Continuing W&B run %s", run_id)
-
-
-def check_trained(trainer: pl.Trainer) -> None:
-    """Raise ``ValueError`` when fit ran no training batch because the loader yielded none.
-
-    Lightning 2.6 only warns in that case and reports a finished fit.
-    """
-    if trainer.num_training_batches == 0 or trainer.limit_train_batches == 0:
-        raise ValueError(
-            f"the training loader yielded zero batches (trainer.limit_train_batches="
-            f"{trainer.limit_train_batches}), so no optimizer step ran: check data.batch_size "
-            "against the training-set size divided by trainer.devices, data.drop_last and "
-            "trainer.limit_train_batches"
-        )
-
-
-def report_interruption(stopped: TrainingInterrupted) -> None:
-    if stopped.checkpoint_path is None:
-        log.error("%s stopped training before a checkpoint could be saved", stopped.signal_name)
-        return
-    log.error(
-        '%s stopped training; resume with: make train ARGS="ckpt_path=%s" (add the overrides of '
-        "this run), or descend-train ckpt_path=last",
-        stopped.signal_name,
-        stopped.checkpoint_path.resolve(),
-    )
 
 
 def report(metrics: dict[str, float], best_path: str, output_dir: Path, results_path: Path) -> None:

@@ -120,3 +120,28 @@ def checkpoint_dir(trainer: pl.Trainer) -> Path:
     if callback is not None and getattr(callback, "dirpath", None):
         return Path(callback.dirpath)
     return Path(trainer.default_root_dir) / "checkpoints"
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised when SIGTERM or Ctrl-C stopped training after saving a checkpoint.
+
+    Its exit status is 128 + the signal number (143 for SIGTERM, 130 for SIGINT), as a shell
+    reports a process killed by that signal, so schedulers and scripts see a failed run.
+    """
+
+    def __init__(self, signal_name: str, checkpoint_path: Path | None) -> None:
+        super().__init__(143 if signal_name == "SIGTERM" else 130)
+        self.signal_name = signal_name
+        self.checkpoint_path = checkpoint_path
+
+
+def report_interruption(stopped: TrainingInterrupted) -> None:
+    if stopped.checkpoint_path is None:
+        log.error("%s stopped training before a checkpoint could be saved", stopped.signal_name)
+        return
+    log.error(
+        '%s stopped training; resume with: make train ARGS="ckpt_path=%s" (add the overrides of '
+        "this run), or descend-train ckpt_path=last",
+        stopped.signal_name,
+        stopped.checkpoint_path.resolve(),
+    )

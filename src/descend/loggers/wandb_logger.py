@@ -6,9 +6,13 @@ import logging
 import netrc
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, open_dict
+
+from descend.callbacks.wandb_run_id import CHECKPOINT_KEY as WANDB_RUN_ID_KEY
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +63,25 @@ def build_wandb_logger(mode: str = "auto", **kwargs) -> WandbLogger:
     # The mode goes to `wandb.init` directly: WandbLogger(offline=True) would also set
     # WANDB_MODE in this process's environment, which leaks into later runs of a multirun.
     return WandbLogger(mode=resolved, **kwargs)
+
+
+def continue_wandb_run(cfg: DictConfig, checkpoint: dict[str, Any] | None) -> None:
+    """Point ``logger.wandb.id`` at the checkpoint's W&B run when ``logger.wandb.resume`` is set.
+
+    Without ``resume`` a resumed training starts a new W&B run, because reusing an id silently
+    would mix two trainings' histories.
+    """
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not isinstance(wandb_cfg, DictConfig) or not wandb_cfg.get("resume"):
+        return
+    if wandb_cfg.get("id"):
+        return
+    run_id = checkpoint.get(WANDB_RUN_ID_KEY) if checkpoint is not None else None
+    if run_id is None:
+        raise ValueError(
+            f"logger.wandb.resume={wandb_cfg.resume} needs a W&B run id: pass ckpt_path=<a "
+            "checkpoint written with the W&B logger> or logger.wandb.id=<run id>"
+        )
+    with open_dict(cfg):
+        cfg.logger.wandb.id = run_id
+    log.info("Continuing W&B run %s", run_id)

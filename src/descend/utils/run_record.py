@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +112,30 @@ def warn_if_dirty(record: dict[str, Any], output_dir: Path) -> None:
         output_dir / RECORD_FILE,
         output_dir / DIFF_FILE,
     )
+
+
+def record_run(
+    cfg: DictConfig,
+    seed: int,
+    resume_path: Path | None,
+    output_dir: Path,
+    repository_dir: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write ``config.yaml``, ``run_record.json`` and ``git_diff.patch`` (rank 0 only); return
+    the resolved config and the run record as plain dicts."""
+    run_record, git_diff = collect_run_record(seed, command_overrides(), repository_dir)
+    run_record["resumed_from"] = str(resume_path.resolve()) if resume_path else None
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    if rank_zero_only.rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(run_config, output_dir / "config.yaml")
+        write_run_record(output_dir, run_record, git_diff)
+        warn_if_dirty(run_record, output_dir)
+    return run_config, run_record
+
+
+def command_overrides() -> list[str]:
+    """Return the Hydra overrides of the command line (empty outside a Hydra app)."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from numbers import Real
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig, ListConfig
@@ -176,6 +177,20 @@ def _is_positive_int(value: Any) -> bool:
 
 def _is_positive_number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and value > 0
+
+
+def check_trained(trainer: pl.Trainer) -> None:
+    """Raise ``ValueError`` when fit ran no training batch because the loader yielded none.
+
+    Lightning 2.6 only warns in that case and reports a finished fit.
+    """
+    if trainer.num_training_batches == 0 or trainer.limit_train_batches == 0:
+        raise ValueError(
+            f"the training loader yielded zero batches (trainer.limit_train_batches="
+            f"{trainer.limit_train_batches}), so no optimizer step ran: check data.batch_size "
+            "against the training-set size divided by trainer.devices, data.drop_last and "
+            "trainer.limit_train_batches"
+        )
 
 
 CONFIG_CHECKS: list[Callable[[DictConfig], None]] = [
