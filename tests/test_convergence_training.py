@@ -108,6 +108,23 @@ def test_gd_stops_at_predicted_step(tmp_path):
     assert callback.summary.startswith(f"converged at step {detection.step} (gradient norm")
 
 
+def test_logged_detection_summary_says_training_continued(tmp_path):
+    features, targets, _ = quadratic_problem()
+    callback = ConvergenceDetection(
+        **only("stationary_point", grad_tol=1e-4, action="log"), check_every_n_steps=1
+    )
+
+    trainer = fit(
+        LeastSquares(1.0), full_batches(features, targets, 500), [callback], tmp_path, max_epochs=1
+    )
+
+    detection = callback.convergence
+    assert trainer.global_step == 500
+    assert detection.step < 500
+    assert callback.summary.startswith(f"stationary point detected at step {detection.step} (")
+    assert "training continued to step 500 (action: log)" in callback.summary
+
+
 def test_divergence_factor_stops_at_predicted_step(tmp_path, caplog):
     features, targets, minimiser = quadratic_problem()
     lr = 2.5  # 1 - 2.5 * 1.0 = -1.5: the stiffest mode grows by 1.5 per step

@@ -110,6 +110,17 @@ def test_dirty_tree_warns_once(monkeypatch, caplog, tmp_path):
     warnings = [r for r in caplog.records if "uncommitted changes" in r.getMessage()]
     assert len(warnings) == 1
     assert "0123abc" in warnings[0].getMessage()
+    # No git_diff.patch was written (only untracked files differ), so none is named.
+    assert "git_diff.patch" not in warnings[0].getMessage()
+
+
+def test_dirty_tree_warning_names_written_diff(monkeypatch, caplog, tmp_path):
+    monkeypatch.setattr(run_record, "_dirty_warning_shown", False)
+    (tmp_path / "git_diff.patch").write_text("diff --git a/x b/x\n")
+    with caplog.at_level(logging.WARNING):
+        run_record.warn_if_dirty({"git": {"dirty": True, "commit": "0123abc"}}, tmp_path)
+    messages = [r.getMessage() for r in caplog.records if "uncommitted changes" in r.getMessage()]
+    assert str(tmp_path / "git_diff.patch") in messages[0]
 
 
 def test_different_seed_changes_init_and_batch_order(make_config):

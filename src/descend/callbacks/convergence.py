@@ -429,7 +429,17 @@ class ConvergenceDetection(Callback):
             return f"diverged at step {divergence.step} ({divergence.description})"
         convergence = self.convergence
         if convergence is not None:
-            text = f"converged at step {convergence.step} ({convergence.description})"
+            action = self.actions.get(convergence.reason.value)
+            if action is Action.STOP:
+                text = f"converged at step {convergence.step} ({convergence.description})"
+            else:
+                # A detector that only logs must not read as the end of training.
+                reason = convergence.reason.value.replace("_", " ")
+                text = (
+                    f"{reason} detected at step {convergence.step} ({convergence.description}); "
+                    f"training continued to step {trainer.global_step} "
+                    f"(action: {action.value if action else 'log'})"
+                )
             others = [f"{d.reason.value} at step {d.step}" for d in self.detections[1:]]
             return text + (f"; also {', '.join(others)}" if others else "")
         latest = [

@@ -94,7 +94,9 @@ class ClassificationModule(pl.LightningModule):
         return every > 0 and (self.global_step + 1) % every == 0
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/acc", self.train_acc.compute())
+        # compute() already reduces over DDP ranks; sync_dist only keeps Lightning from warning
+        # about an unsynchronised epoch-level value (averaging equal values changes nothing).
+        self.log("train/acc", self.train_acc.compute(), sync_dist=True)
         self.train_acc.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):

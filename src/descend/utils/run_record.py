@@ -105,12 +105,15 @@ def warn_if_dirty(record: dict[str, Any], output_dir: Path) -> None:
     if _dirty_warning_shown or not record["git"]["dirty"]:
         return
     _dirty_warning_shown = True
+    diff_path = output_dir / DIFF_FILE
+    # Only changes to tracked files produce a diff; untracked files appear in git status alone.
+    diff_note = f" and the diff of tracked files in {diff_path}" if diff_path.is_file() else ""
     log.warning(
         "The git tree has uncommitted changes: this run is not reproducible from commit %s alone. "
-        "git status is saved in %s and the diff of tracked files in %s",
+        "git status is saved in %s%s",
         record["git"]["commit"],
         output_dir / RECORD_FILE,
-        output_dir / DIFF_FILE,
+        diff_note,
     )
 
 
