@@ -4,7 +4,7 @@ All three train the default experiment's model (the digits MLP, built from confi
 with the same optimiser and batch size on the CPU, in one process, interleaved over several
 rounds. Each round reports optimizer steps per second; the median over rounds is compared.
 
-    .venv/bin/python bench/train_loop.py [--epochs 20] [--rounds 5] [--threads N]
+    .venv/bin/python bench/train_loop.py [--epochs 20] [--rounds 5] [--threads N] [overrides]
 
 * descend: Lightning ``Trainer.fit`` on ``DigitsDataModule`` (tensor batches on the device)
   with the ``ClassificationModule``, logging every 10 steps to a CSV logger as ``make train``
@@ -34,9 +34,9 @@ from torch.utils.data import DataLoader, TensorDataset
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-def build_default(seed: int = 0):
+def build_default(seed: int = 0, overrides: tuple[str, ...] = ()):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"seed={seed}"])
+        cfg = compose("train", overrides=[f"seed={seed}", *overrides])
     pl.seed_everything(seed, verbose=False)
     datamodule = hydra.utils.instantiate(cfg.data)
     model = hydra.utils.instantiate(cfg.model)
@@ -111,13 +111,19 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0 keeps torch's default)"
     )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides of the default config, e.g. model.net.hidden_sizes=[512,512]",
+    )
     args = parser.parse_args()
+    overrides = tuple(args.overrides)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
     logging.getLogger("lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    cfg, datamodule, model = build_default()
+    cfg, datamodule, model = build_default(overrides=overrides)
     initial_state = copy.deepcopy(model.state_dict())
 
     rates: dict[str, list[float]] = {"descend": [], "hand-written": [], "DataLoader": []}
@@ -127,7 +133,7 @@ def main() -> None:
             ("hand-written", time_hand_written),
             ("DataLoader", time_dataloader),
         ):
-            _, fresh_datamodule, fresh_model = build_default()
+            _, fresh_datamodule, fresh_model = build_default(overrides=overrides)
             fresh_model.load_state_dict(initial_state)
             rates[name].append(timer(fresh_model, fresh_datamodule, args.epochs))
 
