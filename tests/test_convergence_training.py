@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -436,3 +437,40 @@ def test_early_stopping_works_alongside(make_config):
     rows = read_metrics(Path(cfg.paths.output_dir))
     assert any(row.get("convergence/grad_norm") for row in rows)
     assert not any(row.get("convergence/step") for row in rows)
+
+
+def test_reuses_grad_norm_monitor_total(make_config, monkeypatch):
+    shared = []
+    original = ConvergenceDetection._shared_grad_norm
+
+    def spy(trainer):
+        value = original(trainer)
+        shared.append(value is not None)
+        return value
+
+    monkeypatch.setattr(ConvergenceDetection, "_shared_grad_norm", staticmethod(spy))
+    cfg = make_config(
+        "callbacks.convergence.stationary_phase=null",
+        "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1",
+        "test=false",
+    )
+    train(cfg)
+
+    # 23 optimizer steps, each served by the gradient-norm callback that runs first.
+    assert shared == [True] * 23
+    with open(Path(cfg.paths.output_dir) / "csv" / "version_0" / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    detector = {
+        row["step"]: float(row["convergence/grad_norm"])
+        for row in rows
+        if row.get("convergence/grad_norm")
+    }
+    monitor = {
+        row["step"]: float(row["grad_norm/total"]) for row in rows if row.get("grad_norm/total")
+    }
+    # A check every 10 steps reads the gradient recorded with optimizer step index c - 1 and
+    # logs it from step c on; the monitor logs in float64, the detector keeps float32.
+    for check_step in ("10", "20"):
+        previous = str(int(check_step) - 1)
+        assert detector[check_step] == pytest.approx(monitor[previous], rel=1e-6)

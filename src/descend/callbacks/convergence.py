@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from descend.callbacks.grad_norm import GradNormMonitor
 from descend.convergence import (
     ConvergenceReason,
     Detection,
@@ -93,7 +94,9 @@ class ConvergenceDetection(Callback):
     detection names the exact step, while the action comes at the check. Under DDP the gradient
     statistics are those of the already averaged gradient and the loss is the mean over ranks,
     in which a non-finite value on any rank makes the mean non-finite. So every rank reaches the
-    same decision at the same step and no rank waits on another.
+    same decision at the same step and no rank waits on another. When the stationary-phase
+    detector is off and a :class:`~descend.callbacks.grad_norm.GradNormMonitor` with
+    ``norm_type=2`` runs earlier in the callback list, its total norm of the step is reused.
 
     Logged: ``convergence/grad_norm``, ``convergence/plateau``, ``convergence/stationary_phase``
     and ``convergence/loss_ratio`` (each detector's statistic, at checks, on Lightning's logging
@@ -213,10 +216,26 @@ class ConvergenceDetection(Callback):
                 inner_product = torch.full_like(grad_norm, math.nan)
             self._previous_grad = flat
         else:
-            norms = torch._foreach_norm(grads)
-            grad_norm = torch.linalg.vector_norm(torch.stack(norms).float())
+            grad_norm = self._shared_grad_norm(trainer)
+            if grad_norm is None:
+                norms = torch._foreach_norm(grads)
+                grad_norm = torch.linalg.vector_norm(torch.stack(norms).float())
             inner_product = torch.full_like(grad_norm, math.nan)
         self._step_grad_stats = torch.stack([grad_norm, inner_product])
+
+    @staticmethod
+    def _shared_grad_norm(trainer: pl.Trainer) -> torch.Tensor | None:
+        """Return this step's total 2-norm from a gradient-norm monitor that ran before this
+        callback, so the gradients are not read twice; ``None`` when there is none."""
+        for callback in trainer.callbacks:
+            if (
+                isinstance(callback, GradNormMonitor)
+                and callback.norm_type == 2.0
+                and callback.last_total_norm_step == trainer.global_step
+                and callback.last_total_norm is not None
+            ):
+                return callback.last_total_norm.float()
+        return None
 
     def on_train_batch_end(
         self,

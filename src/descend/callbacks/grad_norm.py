@@ -151,6 +151,7 @@ class GradNormMonitor(pl.Callback):
         self.noise_ema = NoiseScaleEMA(noise_scale_ema)
 
         self.last_total_norm: torch.Tensor | None = None
+        self.last_total_norm_step: int | None = None
         self._named_params: list[tuple[str, torch.nn.Parameter]] = []
         self._layouts: dict[tuple[str, ...], GroupLayout] = {}
         self._warned_cap = False
@@ -233,6 +234,7 @@ class GradNormMonitor(pl.Callback):
         record = _StepRecord(step, names, params, norms, total, log_now)
         if params:
             self.last_total_norm = total
+            self.last_total_norm_step = step
 
         if params and self._scaler(trainer) is None:
             record.skipped_by_policy = self._check_finite(record, pl_module)
