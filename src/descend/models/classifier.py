@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import lightning.pytorch as pl
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+from descend.models.supervised import OptimizerFactory, SchedulerFactory, SupervisedModule
 
 
-class ClassificationModule(pl.LightningModule):
+class ClassificationModule(SupervisedModule):
     """Train ``net`` with ``loss`` and log loss and accuracy on every split.
 
     Logged keys: ``train/loss`` every ``trainer.log_every_n_steps`` optimizer steps, ``train/acc``
@@ -43,28 +38,10 @@ class ClassificationModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
     ) -> None:
-        super().__init__()
-        lr = getattr(optimizer, "keywords", {}).get("lr")
-        if lr is not None and not lr > 0:
-            raise ValueError(
-                f"model.optimizer.lr={lr} is invalid: the learning rate must be a positive number"
-            )
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(
-                f"model.scheduler_interval={scheduler_interval!r} is invalid: use 'epoch' or 'step'"
-            )
-
-        self.net = net
-        self.loss = loss
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.scheduler_interval = scheduler_interval
+        super().__init__(net, loss, optimizer, scheduler, scheduler_interval)
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.net(inputs)
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
         inputs, targets = batch
@@ -75,23 +52,9 @@ class ClassificationModule(pl.LightningModule):
         loss, logits, targets = self._shared_step(batch)
         # `update` only accumulates counts; the epoch's accuracy is computed once at its end.
         self.train_acc.update(logits.detach(), targets)
-        if self._logs_this_step():
+        if self.logs_this_step():
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
-
-    def _logs_this_step(self) -> bool:
-        """Return whether the trainer writes this step's metrics to its loggers.
-
-        ``self.log`` costs more than the whole step of a small model on a CPU, so ``train/loss``
-        is logged only on the steps Lightning writes (every ``log_every_n_steps`` optimizer
-        steps). Callbacks that need every step's loss read ``outputs["loss"]`` in
-        ``on_train_batch_end``.
-        """
-        trainer = self.trainer
-        if trainer.fast_dev_run:
-            return True
-        every = trainer.log_every_n_steps
-        return every > 0 and (self.global_step + 1) % every == 0
 
     def on_train_epoch_end(self) -> None:
         # compute() already reduces over DDP ranks; sync_dist only keeps Lightning from warning
@@ -110,13 +73,3 @@ class ClassificationModule(pl.LightningModule):
         self.test_acc(logits, targets)
         self.log("test/loss", loss, on_epoch=True, sync_dist=True)
         self.log("test/acc", self.test_acc, on_epoch=True)
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
-        }
