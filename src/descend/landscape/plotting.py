@@ -120,9 +120,8 @@ def curve_figure(curve: Curve, title: str | None = None) -> Figure:
     positive = curve.loss[curve.loss > 0]
     if positive.size and positive.max() / positive.min() > 10:
         axes.set_yscale("log")
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        axes.yaxis.set_major_formatter(plain)
-        axes.yaxis.set_minor_formatter(plain)
+        axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axes.yaxis.set_minor_formatter(FuncFormatter(_label_twos_and_fives))
     axes.set_ylabel("loss", color="tab:blue")
     if np.all(np.isfinite(curve.accuracy)):
         twin = axes.twinx()
@@ -167,3 +166,11 @@ def _surface_title(surface: Surface) -> str:
     if surface.kind == "trajectory":
         return "Loss on the plane of the optimisation path"
     return f"Loss on a random plane (seed {surface.seed})"
+
+
+def _label_twos_and_fives(value: float, _position: int) -> str:
+    """Label the minor ticks 2 and 5 of each decade of a log axis and leave the others blank."""
+    if value <= 0:
+        return ""
+    leading = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if round(leading) in (2, 5) else ""
