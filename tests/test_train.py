@@ -103,3 +103,24 @@ def test_last_checkpoint_holds_final_step(make_config):
     last = torch.load(checkpoints / "last.ckpt", weights_only=False)
     assert last["global_step"] == 3 * 23
     assert (checkpoints / "epoch_000.ckpt").is_file()
+
+
+def test_results_record_convergence_verdict(make_config):
+    # Full-batch GD with a loose tolerance: the stationary-point detector stops the run, and
+    # results.json must report the same step as the convergence/step column of metrics.csv.
+    cfg = make_config(
+        "data.batch_size=1437",
+        "trainer.max_epochs=50",
+        "callbacks.convergence.stationary_point.grad_tol=0.5",
+        "callbacks.convergence.check_every_n_steps=1",
+        "test=false",
+    )
+    train(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    results = json.loads((output_dir / "results.json").read_text())
+    convergence = results["convergence"]
+    assert convergence["reason"] == "stationary_point"
+    logged = [row for row in read_metrics(output_dir) if row.get("convergence/step")]
+    assert int(float(logged[0]["convergence/step"])) == convergence["step"]
+    assert convergence["summary"].startswith(f"converged at step {convergence['step']} (")
+    assert results["global_step"] == convergence["step"]

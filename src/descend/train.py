@@ -16,6 +16,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from descend.callbacks.convergence import ConvergenceDetection
 from descend.callbacks.interrupt import (
     CheckpointOnInterrupt,
     TrainingInterrupted,
@@ -137,12 +138,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "output_dir": str(output_dir.resolve()),
             "best_checkpoint": best_path,
             "resumed_from": str(resume_path) if resume_path else None,
+            "convergence": convergence_result(callbacks),
             "metrics": metrics,
         }
         results_path = write_results(output_dir, results)
         report(metrics, best_path, output_dir, results_path)
     finish_wandb()
     return metrics
+
+
+def convergence_result(callbacks: list[pl.Callback]) -> dict[str, Any] | None:
+    """Return the convergence verdict (first detection and the summary line), if the
+    convergence callback ran."""
+    detector = next((c for c in callbacks if isinstance(c, ConvergenceDetection)), None)
+    if detector is None:
+        return None
+    first = detector.detections[0] if detector.detections else None
+    return {
+        "summary": detector.summary,
+        "step": first.step if first else None,
+        "reason": first.reason.value if first else None,
+    }
 
 
 def report(metrics: dict[str, float], best_path: str, output_dir: Path, results_path: Path) -> None:
