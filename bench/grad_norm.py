@@ -40,6 +40,8 @@ COMMON = (
     "~callbacks.model_checkpoint",
     "~callbacks.rich_progress_bar",
     "~callbacks.model_summary",
+    # The landscape is computed when training ends, which the timer would count.
+    "~callbacks.landscape",
     "+trainer.enable_progress_bar=false",
     "+trainer.enable_model_summary=false",
     "+trainer.enable_checkpointing=false",
