@@ -13,10 +13,17 @@ from descend.utils.config_tree import print_config_tree
 
 log = logging.getLogger(__name__)
 
+# Warnings that Lightning 2.6.6 raises from its own code on every run with torch 2.14 and that a
+# user cannot act on; they are hidden so that the warnings that remain are about the run.
+UPSTREAM_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",)
+
 
 def apply_extras(cfg: DictConfig) -> None:
-    """Apply ``cfg.extras``: ``ignore_warnings`` hides Python warnings, ``print_config`` prints
-    the config tree and saves it as ``config_tree.log`` in the run directory (rank 0 only)."""
+    """Hide :data:`UPSTREAM_WARNINGS` and apply ``cfg.extras``: ``ignore_warnings`` hides all
+    Python warnings, ``print_config`` prints the config tree and saves it as
+    ``config_tree.log`` in the run directory (rank 0 only)."""
+    for message in UPSTREAM_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     extras = cfg.get("extras")
     if not extras:
         return
