@@ -350,22 +350,43 @@ def _evaluate_loop(model, space, loss_fn, groups, flat_weights, bn_batches):
     # everything else is done once per chunk, because small operations dominate the time.
     parameters = [dict(model.named_parameters())[name] for name in space.names]
     per_parameter = [values.unbind(0) for values in space.unflatten(flat_weights).values()]
-    kept: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in groups]
+    kept: list[list] = [[] for _ in groups]
     for point_values in zip(*per_parameter, strict=True):
         torch._foreach_copy_(parameters, list(point_values))
         if bn_batches:
             _reestimate_batch_norm(model, bn_batches)
         for group, outputs in zip(groups, kept, strict=True):
-            outputs.append(_point_outputs(loss_fn, model(group.inputs), group))
+            point_outputs = model(group.inputs)
+            if group.sample_loss is None:
+                point_outputs = _point_outputs(loss_fn, point_outputs, group)
+            outputs.append(point_outputs)
 
     losses, correct = [], 0
     for group, outputs in zip(groups, kept, strict=True):
-        first = torch.stack([item[0] for item in outputs])
-        second = torch.stack([item[1] for item in outputs])
+        if group.sample_loss is None:
+            first = torch.stack([item[0] for item in outputs])
+            second = torch.stack([item[1] for item in outputs])
+        else:
+            # With an unreduced loss, the loss and the predictions of all points of the chunk
+            # come from one call each on the stacked outputs.
+            first, second = _chunk_outputs(group, torch.stack(outputs))
         group_losses, group_correct = _reduce_group(group, first, second)
         losses.append(group_losses.double().cpu())
         correct = correct + group_correct.double().cpu()
     return torch.cat(losses, dim=1), correct
+
+
+def _chunk_outputs(group: _ForwardGroup, stacked: torch.Tensor):
+    """Return :func:`_point_outputs` for a ``[points, samples, ...]`` stack of model outputs,
+    computed for all points at once (``group.sample_loss`` must be set)."""
+    points, samples = stacked.shape[:2]
+    flat = stacked.reshape(points * samples, *stacked.shape[2:])
+    targets = group.targets.repeat(points, *([1] * (group.targets.ndim - 1)))
+    per_sample = group.sample_loss(flat, targets)
+    per_sample = per_sample.reshape(points, samples, *per_sample.shape[1:])
+    if not group.targets.is_floating_point() and stacked.ndim >= 3:
+        return per_sample, stacked.argmax(dim=-1)
+    return per_sample, stacked.new_zeros(points)
 
 
 def _reestimate_batch_norm(model: nn.Module, bn_batches: Sequence[Batch]) -> None:
