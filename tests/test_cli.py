@@ -8,6 +8,8 @@ import pytest
 from conftest import ROOT, VENV_BIN, run_command
 from wandb_records import find_run_files, run_contents
 
+from descend.landscape import load_landscape
+
 pytestmark = pytest.mark.slow
 
 QUICK = ("trainer.max_epochs=1", "extras.print_config=false", "~callbacks.rich_progress_bar")
@@ -37,6 +39,21 @@ def test_train_without_credentials_writes_wandb_offline_run(tmp_path):
     ]
     # log_every_n_steps=10 over 23 steps logs after steps 10 and 20 (global_step 9 and 19).
     assert logged_steps == [9, 19]
+
+    # What the default callbacks send to W&B: gradient norms, detector statistics, and the
+    # landscape figures, curve tables and scalars that match the files of the run directory.
+    logged = {key: value for row in contents["history"] for key, value in row.items()}
+    assert "grad_norm/total" in logged
+    assert "convergence/grad_norm" in logged
+    for figure in ("trajectory_contour", "trajectory_surface", "interpolation"):
+        assert logged[f"landscape/{figure}._type"] == "images/separated"
+        assert (run_dir / "landscape" / f"{figure}.png").is_file()
+    plane = load_landscape(run_dir / "landscape" / "trajectory.npz")
+    assert logged["landscape/trajectory/explained_variance_pc1"] == pytest.approx(
+        float(plane.explained_variance_ratio[0])
+    )
+    curve = load_landscape(run_dir / "landscape" / "interpolation.npz")
+    assert logged["landscape/interpolation_curve_table.nrows"] == len(curve.alpha)
 
 
 def test_concurrent_runs_get_distinct_directories(tmp_path):
