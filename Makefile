@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: help install train train-ddp-sim eval landscape test test-fast lint format sync clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
 # The virtual environment is rebuilt when pyproject.toml is newer than the last install.
 $(STAMP): pyproject.toml
