@@ -72,7 +72,7 @@ def test_concurrent_runs_get_distinct_directories(tmp_path):
         assert (run_dir / "results.json").is_file()
 
 
-def test_multirun_gives_one_directory_and_wandb_run_per_job(tmp_path):
+def test_multirun_directory_and_wandb_run_per_job(tmp_path):
     result = run_command(
         ["descend-train", "-m", *QUICK, "trainer.max_steps=3", "test=false", "seed=1,2,3"],
         cwd=tmp_path,

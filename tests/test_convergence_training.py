@@ -1,4 +1,4 @@
-"""Convergence detection inside real Lightning training runs, with known answers."""
+"""Convergence detection inside real Lightning training runs, against known results."""
 
 from __future__ import annotations
 
@@ -360,7 +360,7 @@ def test_ddp_one_rank_nan_stops_all_ranks(tmp_path):
 
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    # Only rank 1's detector sees the NaN; the reduced decision stops both ranks after step 7.
+    # Only rank 1's detector gets the NaN. The reduced decision stops both ranks after step 7.
     assert results["global_step"] == 7
     rows = read_metrics(tmp_path)
     events = [row for row in rows if row.get("convergence/step")]
@@ -470,7 +470,7 @@ def test_reuses_grad_norm_monitor_total(make_config, monkeypatch):
         row["step"]: float(row["grad_norm/total"]) for row in rows if row.get("grad_norm/total")
     }
     # A check every 10 steps reads the gradient recorded with optimizer step index c - 1 and
-    # logs it from step c on; the monitor logs in float64, the detector keeps float32.
+    # logs it from step c on. The monitor logs in float64 and the detector keeps float32.
     for check_step in ("10", "20"):
         previous = str(int(check_step) - 1)
         assert detector[check_step] == pytest.approx(monitor[previous], rel=1e-6)

@@ -49,12 +49,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 
 def without_landscape(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    kept = []
+    training_rows = []
     for row in rows:
         values = {k: v for k, v in row.items() if not k.startswith("landscape")}
         if any(v for k, v in values.items() if k not in ("epoch", "step")):
-            kept.append(values)
-    return kept
+            training_rows.append(values)
+    return training_rows
 
 
 def rebuild_model(checkpoint_path: Path):

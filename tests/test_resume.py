@@ -196,16 +196,16 @@ def test_sigint_checkpoints_and_exits(make_config, caplog):
     )
 
 
-def test_continue_wandb_run_only_when_asked():
+def test_continue_wandb_run_only_when_requested():
     checkpoint = {"descend_wandb_run_id": "abc123"}
-    asked = OmegaConf.create({"logger": {"wandb": {"id": None, "resume": "allow"}}})
-    not_asked = OmegaConf.create({"logger": {"wandb": {"id": None, "resume": None}}})
+    with_resume = OmegaConf.create({"logger": {"wandb": {"id": None, "resume": "allow"}}})
+    without_resume = OmegaConf.create({"logger": {"wandb": {"id": None, "resume": None}}})
 
-    continue_wandb_run(asked, checkpoint)
-    continue_wandb_run(not_asked, checkpoint)
+    continue_wandb_run(with_resume, checkpoint)
+    continue_wandb_run(without_resume, checkpoint)
 
-    assert asked.logger.wandb.id == "abc123"
-    assert not_asked.logger.wandb.id is None
+    assert with_resume.logger.wandb.id == "abc123"
+    assert without_resume.logger.wandb.id is None
 
 
 def test_tensor_loader_resumes_mid_epoch_and_after_epoch():

@@ -225,8 +225,10 @@ class ConvergenceDetection(Callback):
 
     @staticmethod
     def _shared_grad_norm(trainer: pl.Trainer) -> torch.Tensor | None:
-        """Return this step's total 2-norm from a gradient-norm monitor that ran before this
-        callback, so the gradients are not read twice; ``None`` when there is none."""
+        """Return this step's total 2-norm from a gradient-norm monitor that ran earlier.
+
+        Reusing it avoids reading the gradients twice. Returns ``None`` when there is none.
+        """
         for callback in trainer.callbacks:
             if (
                 isinstance(callback, GradNormMonitor)

@@ -38,7 +38,7 @@ class MNISTDataModule(InMemoryDataModule):
     standardised with the mean and standard deviation of the training pixels.
 
     Args:
-        data_dir: directory that holds (or receives) the data set's folder.
+        data_dir: directory that contains (or receives) the data set's folder.
         dataset: ``"mnist"`` or ``"fashion_mnist"``.
         download: try to download missing files.
         val_size: number of training images held out for validation.
@@ -106,7 +106,7 @@ class MNISTDataModule(InMemoryDataModule):
         labels = train_set.targets.long()
         if self.val_size >= len(labels):
             raise ValueError(
-                f"data.val_size={self.val_size} is invalid: the training file holds only "
+                f"data.val_size={self.val_size} is invalid: the training file contains only "
                 f"{len(labels)} images"
             )
         generator = torch.Generator().manual_seed(self.split_seed)

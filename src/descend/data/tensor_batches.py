@@ -19,7 +19,7 @@ class TensorBatchLoader:
 
     Under DDP every rank draws the same permutation and keeps the positions ``rank, rank +
     world_size, ...``, as ``torch.utils.data.DistributedSampler`` does. The permutation is first
-    padded by wrapping around so that every rank holds the same number of samples (and so the same
+    padded by wrapping around so that every rank gets the same number of samples (and so the same
     number of batches, which DDP needs to avoid a hang).
 
     Args:
@@ -92,7 +92,7 @@ class TensorBatchLoader:
         return math.ceil(self.num_samples / self.world_size)
 
     # Lightning's fit loop calls ``set_epoch`` on ``dataloader.sampler`` at the start of every
-    # epoch, so the loader stands in as its own sampler; it has no separate batch sampler.
+    # epoch, so the loader is its own sampler. It has no separate batch sampler.
     batch_sampler = None
 
     @property

@@ -34,7 +34,7 @@ def tensor_norms(tensors: Sequence[torch.Tensor], norm_type: float) -> torch.Ten
     One fused ``torch._foreach_norm`` call (the kernel that ``torch.nn.utils.clip_grad_norm_``
     uses). float16 and bfloat16 tensors are reduced in float32, so their sums neither overflow nor
     lose precision. The result is float32, or float64 when a tensor is float64. An entry is inf or
-    NaN when its tensor holds an inf or NaN (and, for p = 1 or 2, when a float32 sum overflows).
+    NaN when its tensor contains an inf or NaN (and, for p = 1 or 2, when a float32 sum overflows).
     """
     if len(tensors) == 0:
         return torch.zeros(0)

@@ -346,8 +346,8 @@ def _evaluate_vmap(model, space, loss_fn, groups, flat_weights):
 
 
 def _evaluate_loop(model, space, loss_fn, groups, flat_weights, bn_batches):
-    # Per-point work is kept to the forward pass and one or two operations on its outputs;
-    # everything else is done once per chunk, because small operations dominate the time.
+    # Per-point work is limited to the forward pass, because small operations dominate the
+    # time. Losses and predictions are computed once per chunk.
     parameters = [dict(model.named_parameters())[name] for name in space.names]
     per_parameter = [values.unbind(0) for values in space.unflatten(flat_weights).values()]
     kept: list[list] = [[] for _ in groups]

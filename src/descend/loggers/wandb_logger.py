@@ -37,7 +37,7 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     """Turn ``mode`` into ``online``, ``offline`` or ``disabled``.
 
     ``auto`` follows the ``WANDB_MODE`` environment variable when it is set, and otherwise runs
-    online only when credentials exist, so a machine without an account never sees a login prompt.
+    online only when credentials exist, so a machine without an account never gets a login prompt.
     """
     if mode not in MODES:
         raise ValueError(f"logger.wandb.mode={mode!r} is invalid: use one of {MODES}")

@@ -1,4 +1,4 @@
-"""What every supervised LightningModule of this template shares: a network, a loss, an optimiser."""
+"""Base LightningModule of the supervised tasks: a network, a loss and an optimiser."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
 class SupervisedModule(pl.LightningModule):
-    """Base class that holds ``net`` and ``loss`` and builds the optimiser and the scheduler.
+    """Base class that stores ``net`` and ``loss`` and builds the optimiser and the scheduler.
 
     Subclasses write the ``*_step`` methods and choose what to log.
 

@@ -30,7 +30,7 @@ def stored_run_config(checkpoint: dict[str, Any], path: str | Path) -> DictConfi
     """Return the resolved run config that ``descend-train`` stored in ``checkpoint``."""
     if CHECKPOINT_KEY not in checkpoint:
         raise KeyError(
-            f"checkpoint {path} holds no run config (key {CHECKPOINT_KEY!r}): it was not "
+            f"checkpoint {path} contains no run config (key {CHECKPOINT_KEY!r}): it was not "
             "written by descend-train"
         )
     return OmegaConf.create(checkpoint[CHECKPOINT_KEY])
@@ -114,5 +114,5 @@ def check_checkpoint_matches_model(
 
 
 def _first(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+    listed = ", ".join(names[:limit])
+    return listed if len(names) <= limit else f"{listed} and {len(names) - limit} more"

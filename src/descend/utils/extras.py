@@ -13,8 +13,8 @@ from descend.utils.config_tree import print_config_tree
 
 log = logging.getLogger(__name__)
 
-# Warnings that Lightning 2.6.6 raises from its own code on every run with torch 2.14 and that a
-# user cannot act on; they are hidden so that the warnings that remain are about the run.
+# Warnings that Lightning 2.6.6 raises from its own code on every run with torch 2.14. A user
+# cannot act on them, so they are hidden and the warnings that remain are about the run.
 UPSTREAM_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",)
 
 

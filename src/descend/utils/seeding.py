@@ -30,7 +30,7 @@ def resolve_seed(seed: int | None) -> int:
 
 def fix_config_seed(cfg: DictConfig) -> int:
     """Replace ``cfg.seed`` by :func:`resolve_seed` of it and return the seed, so every later
-    reader of the config (the printed tree, W&B, checkpoints) sees the seed actually used."""
+    reader of the config (the printed tree, W&B, checkpoints) gets the seed actually used."""
     seed = resolve_seed(cfg.get("seed"))
     with open_dict(cfg):
         cfg.seed = seed
